@@ -1,0 +1,1 @@
+"""The `liteclaw` operator command: runs the whole system locally and helps operate it."""

@@ -1,0 +1,5 @@
+import sys
+
+from liteclaw.cli import main
+
+sys.exit(main())

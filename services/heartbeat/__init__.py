@@ -1,0 +1,1 @@
+"""The heartbeat service: consumes SlotDue, delivers, records exactly one outcome per slot."""

@@ -1,0 +1,94 @@
+"""Composition root of the heartbeat process."""
+
+from __future__ import annotations
+
+import httpx
+from fastapi import APIRouter
+from faststream.middlewares import AckPolicy
+from faststream.nats import ConsumerConfig, DeliverPolicy, JStream, NatsMessage, PullSub
+from nats.js.api import AckPolicy as JsAckPolicy
+
+from services.heartbeat.api import build_router
+from services.heartbeat.application import HeartbeatApplication
+from services.heartbeat.channels import Sender
+from services.heartbeat.consumer import SlotDueConsumer
+from services.heartbeat.deliveries import DeliveriesProjection
+from services.heartbeat.translate import to_contract
+from shared.contracts import SlotDue, stream_name
+from shared.runtime import ServiceRuntime
+from shared.settings import HeartbeatSettings
+
+CONSUMER = "heartbeat-slot-due"
+
+
+def build(settings: HeartbeatSettings) -> tuple[ServiceRuntime, list[APIRouter]]:
+    runtime = ServiceRuntime(
+        name="heartbeat",
+        settings=settings,
+        application_factory=lambda env: HeartbeatApplication(env=env),
+        translate=to_contract,
+    )
+    state: dict[str, SlotDueConsumer] = {}
+
+    async def start() -> None:
+        projection = DeliveriesProjection(
+            store=runtime.store, pool=runtime.pool, schema=runtime.schema
+        )
+        runtime.followers.append(projection)
+        client = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=settings.delivery_concurrency),
+            follow_redirects=False,
+        )
+        runtime.on_stop(client.aclose)
+        token = settings.telegram_bot_token
+        sender = Sender(
+            client,
+            attempt_timeout=settings.delivery_timeout,
+            deadline=settings.delivery_deadline,
+            telegram_api_base=settings.telegram_api_base,
+            telegram_bot_token=token.get_secret_value() if token else None,
+        )
+
+        def on_recorded() -> None:
+            projection.wake()
+            runtime.relay.wake()
+
+        state["consumer"] = SlotDueConsumer(
+            store=runtime.store,
+            broker=runtime.broker,
+            sender=sender,
+            max_deliver=settings.max_deliver,
+            registry=runtime.registry,
+            on_recorded=on_recorded,
+        )
+
+    runtime.on_start(start)
+
+    # Every instance shares one durable consumer; JetStream spreads messages among them.
+    # ack_wait must outlast a delivery with all its retries, or JetStream redelivers a
+    # slot that is still being worked on.
+    @runtime.broker.subscriber(
+        SlotDue.subject(),
+        stream=JStream(stream_name("scheduler"), declare=False),
+        durable=CONSUMER,
+        pull_sub=PullSub(batch_size=min(settings.delivery_concurrency, 256), timeout=1.0),
+        config=ConsumerConfig(
+            ack_policy=JsAckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=settings.delivery_deadline + 30,
+            max_ack_pending=settings.delivery_concurrency * 4,
+        ),
+        ack_policy=AckPolicy.MANUAL,
+        max_workers=settings.delivery_concurrency,
+    )
+    async def on_slot_due(msg: NatsMessage) -> None:
+        await state["consumer"].handle(msg)
+
+    return runtime, [build_router(lambda: runtime.pool)]
+
+
+def main() -> None:
+    from shared.runtime import serve
+
+    runtime, routers = build(HeartbeatSettings())  # type: ignore[call-arg]
+    serve(runtime, routers)

@@ -1,0 +1,143 @@
+"""Outbound delivery: the webhook channel (Standard Webhooks signatures) and Telegram.
+
+Transient failures (timeouts, connection errors, 5xx, 429) are retried with exponential
+backoff and jitter inside the delivery deadline; any other 4xx fails at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import httpx
+from standardwebhooks import Webhook
+
+from shared.contracts import SlotDue, TelegramChannel, WebhookChannel
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    ok: bool
+    attempts: int
+    error_class: str = ""
+    error: str = ""
+
+
+class _Transient(Exception):
+    def __init__(self, error_class: str, error: str, retry_after: float | None = None) -> None:
+        super().__init__(error)
+        self.error_class = error_class
+        self.retry_after = retry_after
+
+
+class _Permanent(Exception):
+    def __init__(self, error_class: str, error: str) -> None:
+        super().__init__(error)
+        self.error_class = error_class
+
+
+def render_text(slot: SlotDue) -> str:
+    local = datetime.fromisoformat(slot.local_time)
+    return f"Lite Claw heartbeat for {local:%A %d %B %Y, %H:%M} ({slot.timezone})"
+
+
+def _classify(response: httpx.Response) -> None:
+    if response.is_success:
+        return
+    status = response.status_code
+    if status == 429 or status >= 500:
+        retry_after = None
+        header = response.headers.get("retry-after")
+        if header and header.strip().isdigit():
+            retry_after = float(header)
+        raise _Transient(f"HTTP{status}", f"receiver answered {status}", retry_after)
+    raise _Permanent(f"HTTP{status}", f"receiver answered {status}")
+
+
+class Sender:
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        *,
+        attempt_timeout: float,
+        deadline: float,
+        telegram_api_base: str,
+        telegram_bot_token: str | None,
+    ) -> None:
+        self.client = client
+        self.attempt_timeout = attempt_timeout
+        self.deadline = deadline
+        self.telegram_api_base = telegram_api_base.rstrip("/")
+        self.telegram_bot_token = telegram_bot_token
+
+    async def deliver(self, slot: SlotDue) -> DeliveryResult:
+        started = time.monotonic()
+        attempts = 0
+        backoff = 0.2
+        while True:
+            attempts += 1
+            try:
+                await self._attempt(slot)
+                return DeliveryResult(True, attempts)
+            except _Permanent as exc:
+                return DeliveryResult(False, attempts, exc.error_class, str(exc))
+            except _Transient as exc:
+                wait = exc.retry_after if exc.retry_after is not None else backoff
+                wait = wait * (0.5 + random.random())  # jitter spreads retries of a burst
+                if time.monotonic() - started + wait >= self.deadline:
+                    return DeliveryResult(False, attempts, exc.error_class, str(exc))
+                await asyncio.sleep(wait)
+                backoff = min(backoff * 2, 10.0)
+
+    async def _attempt(self, slot: SlotDue) -> None:
+        try:
+            if isinstance(slot.channel, WebhookChannel):
+                await self._webhook(slot, slot.channel)
+            elif isinstance(slot.channel, TelegramChannel):
+                await self._telegram(slot, slot.channel)
+        except httpx.TimeoutException as exc:
+            raise _Transient("Timeout", f"no answer within {self.attempt_timeout}s") from exc
+        except httpx.TransportError as exc:
+            raise _Transient(type(exc).__name__, "could not connect to receiver") from exc
+
+    async def _webhook(self, slot: SlotDue, channel: WebhookChannel) -> None:
+        body = json.dumps(
+            {
+                "type": "heartbeat",
+                "slot_key": slot.slot_key,
+                "job_id": str(slot.job_id),
+                "user_id": slot.user_id,
+                "scheduled_for": slot.scheduled_for.isoformat(),
+                "local_time": slot.local_time,
+                "timezone": slot.timezone,
+                "text": render_text(slot),
+            }
+        )
+        now = datetime.now(UTC)
+        signature = Webhook(channel.secret).sign(slot.slot_key, now, body)
+        response = await self.client.post(
+            channel.url,
+            content=body,
+            headers={
+                "content-type": "application/json",
+                "webhook-id": slot.slot_key,
+                "webhook-timestamp": str(int(now.timestamp())),
+                "webhook-signature": signature,
+            },
+            timeout=self.attempt_timeout,
+        )
+        _classify(response)
+
+    async def _telegram(self, slot: SlotDue, channel: TelegramChannel) -> None:
+        if not self.telegram_bot_token:
+            raise _Permanent("ConfigurationError", "TELEGRAM_BOT_TOKEN is not set")
+        response = await self.client.post(
+            f"{self.telegram_api_base}/bot{self.telegram_bot_token}/sendMessage",
+            json={"chat_id": channel.chat_id, "text": render_text(slot)},
+            timeout=self.attempt_timeout,
+        )
+        _classify(response)

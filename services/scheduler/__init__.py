@@ -1,0 +1,1 @@
+"""The scheduler service: profiles, heartbeat jobs, the due index and SlotDue."""

@@ -1,0 +1,74 @@
+"""The relay: publishes each stored event, translated to its contract, to the owning
+service's JetStream stream.
+
+``Nats-Msg-Id`` is ``<originator id>:<version>``, so a re-publish after a crash between
+publishing and advancing the position is dropped by JetStream's duplicate window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+
+import asyncpg
+from eventsourcing.domain import DomainEventProtocol
+from faststream.nats import NatsBroker
+
+from shared.contracts import Event, ServiceStarted, stream_name
+from shared.eventstore import ServiceInstance
+from shared.projection import Item, TrackedFollower
+
+Translator = Callable[[DomainEventProtocol], Event | None]
+
+PUBLISH_CONCURRENCY = 64
+
+
+def translate_common(domain_event: DomainEventProtocol) -> Event | None:
+    if isinstance(domain_event, ServiceInstance.Started):
+        return ServiceStarted(
+            service=domain_event.service,  # type: ignore[attr-defined]
+            instance_id=domain_event.instance_id,  # type: ignore[attr-defined]
+            pid=domain_event.pid,  # type: ignore[attr-defined]
+            version=domain_event.version,  # type: ignore[attr-defined]
+            occurred_at=domain_event.timestamp,
+        )
+    return None
+
+
+class Relay(TrackedFollower):
+    name = "relay:jetstream"
+
+    def __init__(self, *, service: str, broker: NatsBroker, translate: Translator, **kw: object) -> None:
+        super().__init__(**kw)  # type: ignore[arg-type]
+        self.service = service
+        self.broker = broker
+        self.translate = translate
+        self.published = 0
+
+    async def process(self, conn: asyncpg.Connection, items: Sequence[Item]) -> None:
+        pending: list[tuple[Event, str]] = []
+        for notification, domain_event in items:
+            contract = translate_common(domain_event) or self.translate(domain_event)
+            if contract is not None:
+                msg_id = f"{notification.originator_id}:{notification.originator_version}"
+                pending.append((contract, msg_id))
+        # Publish in bounded concurrent chunks; a failure raises, the transaction rolls
+        # back and the whole batch is retried (duplicates are dropped by msg id).
+        for start in range(0, len(pending), PUBLISH_CONCURRENCY):
+            chunk = pending[start : start + PUBLISH_CONCURRENCY]
+            await asyncio.gather(*(self._publish(c, m) for c, m in chunk))
+        self.published += len(pending)
+
+    def _subject(self, contract: Event) -> str:
+        if isinstance(contract, ServiceStarted):
+            return ServiceStarted.subject_for(self.service)
+        return contract.subject()
+
+    async def _publish(self, contract: Event, msg_id: str) -> None:
+        await self.broker.publish(
+            contract.model_dump_json().encode(),
+            subject=self._subject(contract),
+            headers={"Nats-Msg-Id": msg_id, "content-type": "application/json"},
+            stream=stream_name(self.service),
+            timeout=5.0,
+        )

@@ -1,0 +1,31 @@
+"""OpenTelemetry tracing: OTLP/HTTP export when OTEL_EXPORTER_OTLP_ENDPOINT is set.
+
+Context crosses NATS in message headers through FastStream's NatsTelemetryMiddleware,
+so a slot's trace runs from the scheduler's publish to the heartbeat's delivery.
+"""
+
+from __future__ import annotations
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+
+def setup_tracing(service: str, instance_id: str, endpoint: str | None) -> TracerProvider:
+    resource = Resource.create(
+        {"service.name": f"liteclaw-{service}", "service.instance.id": instance_id}
+    )
+    provider = TracerProvider(resource=resource)
+    if endpoint:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        exporter = OTLPSpanExporter(endpoint=endpoint.rstrip("/") + "/v1/traces")
+        provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=500))
+    trace.set_tracer_provider(provider)
+    return provider
+
+
+def current_trace_id() -> str | None:
+    ctx = trace.get_current_span().get_span_context()
+    return format(ctx.trace_id, "032x") if ctx.is_valid else None
