@@ -31,12 +31,27 @@ def build_parser() -> argparse.ArgumentParser:
             "Data under DIR survives restarts."
         ),
     )
-    up.add_argument("--data-dir", type=Path, default=Path(".data"), metavar="DIR",
-                    help="where local server data, logs and endpoints.json live (default: .data)")
-    up.add_argument("--port-base", type=int, default=8100, metavar="N",
-                    help="services listen on N+1..N+5 (default: 8100)")
-    up.add_argument("--ready-timeout", type=float, default=120.0, metavar="S",
-                    help="give up if not every service is ready after S seconds (default: 120)")
+    up.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(".data"),
+        metavar="DIR",
+        help="where local server data, logs and endpoints.json live (default: .data)",
+    )
+    up.add_argument(
+        "--port-base",
+        type=int,
+        default=8100,
+        metavar="N",
+        help="services listen on N+1..N+5 (default: 8100)",
+    )
+    up.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=120.0,
+        metavar="S",
+        help="give up if not every service is ready after S seconds (default: 120)",
+    )
     up.set_defaults(func=_up)
     return parser
 

@@ -28,7 +28,9 @@ def free_port() -> int:
         return port
 
 
-def _wait_tcp(port: int, timeout: float, proc: subprocess.Popen[bytes], what: str, log: Path) -> None:
+def _wait_tcp(
+    port: int, timeout: float, proc: subprocess.Popen[bytes], what: str, log: Path
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -69,10 +71,14 @@ class LocalNats:
                 [
                     nats_server_binary(),
                     "--jetstream",
-                    "--store_dir", str(self.data_dir / "jetstream"),
-                    "--addr", "127.0.0.1",
-                    "--port", str(self.port),
-                    "--server_name", "liteclaw-local",
+                    "--store_dir",
+                    str(self.data_dir / "jetstream"),
+                    "--addr",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--server_name",
+                    "liteclaw-local",
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -155,8 +161,16 @@ class LocalPostgres:
         self._prepare_user()
         if fresh:
             subprocess.run(
-                [_pg_bin("initdb"), "-D", str(self.pgdata), "--auth=trust", "-U", "postgres",
-                 "--encoding=UTF8", "--no-instructions"],
+                [
+                    _pg_bin("initdb"),
+                    "-D",
+                    str(self.pgdata),
+                    "--auth=trust",
+                    "-U",
+                    "postgres",
+                    "--encoding=UTF8",
+                    "--no-instructions",
+                ],
                 check=True,
                 capture_output=True,
                 user=self._user,
@@ -165,12 +179,18 @@ class LocalPostgres:
             self.proc = subprocess.Popen(
                 [
                     _pg_bin("postgres"),
-                    "-D", str(self.pgdata),
-                    "-h", "127.0.0.1",
-                    "-p", str(self.port),
-                    "-c", "unix_socket_directories=",
-                    "-c", "max_connections=300",
-                    "-c", "fsync=on",
+                    "-D",
+                    str(self.pgdata),
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(self.port),
+                    "-c",
+                    "unix_socket_directories=",
+                    "-c",
+                    "max_connections=300",
+                    "-c",
+                    "fsync=on",
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,

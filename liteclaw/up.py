@@ -130,7 +130,7 @@ class Supervisor:
 
     def _spawn(self, child: Child) -> None:
         if child.log is None:
-            child.log = open(child.log_path, "ab")  # noqa: SIM115 - lives as long as the child
+            child.log = open(child.log_path, "ab")
         env = {
             **self.env,
             "SERVICE_PORT": str(child.port),
@@ -166,8 +166,10 @@ class Supervisor:
                     except httpx.HTTPError:
                         pass
                 if time.monotonic() > deadline:
-                    say(f"not ready after {self.ready_timeout:.0f}s: {', '.join(sorted(pending))}; "
-                        f"see {self.data_dir / 'logs'}")
+                    say(
+                        f"not ready after {self.ready_timeout:.0f}s: {', '.join(sorted(pending))}; "
+                        f"see {self.data_dir / 'logs'}"
+                    )
                     return False
                 await asyncio.sleep(0.2)
         return not pending
@@ -181,8 +183,10 @@ class Supervisor:
             child.backoff = 1.0
         child.restarts += 1
         child.next_start_at = time.monotonic() + child.backoff
-        say(f"  {child.name} exited with {code}; restart #{child.restarts} in {child.backoff:.0f}s "
-            f"(log: {child.log_path})")
+        say(
+            f"  {child.name} exited with {code}; restart #{child.restarts} in {child.backoff:.0f}s "
+            f"(log: {child.log_path})"
+        )
         child.backoff = min(child.backoff * 2, MAX_BACKOFF_S)
 
     async def _supervise(self) -> None:
@@ -205,7 +209,11 @@ class Supervisor:
             "database_url": self.env["DATABASE_URL"],
             "api_token": self.env["LITECLAW_API_TOKEN"],
             "services": {
-                c.name: {"url": c.url, "pid": c.proc.pid if c.proc else None, "log": str(c.log_path)}
+                c.name: {
+                    "url": c.url,
+                    "pid": c.proc.pid if c.proc else None,
+                    "log": str(c.log_path),
+                }
                 for c in self.children
             },
         }
@@ -218,7 +226,8 @@ class Supervisor:
         say("")
         say(f"{'component':<12}{'pid':>8}  {'address':<52}log")
         if self.nats:
-            say(f"{'nats':<12}{self.nats.proc.pid if self.nats.proc else '':>8}  {self.nats.url:<52}{self.nats.log}")
+            pid = self.nats.proc.pid if self.nats.proc else ""
+            say(f"{'nats':<12}{pid:>8}  {self.nats.url:<52}{self.nats.log}")
         if self.postgres:
             pid = self.postgres.proc.pid if self.postgres.proc else ""
             say(f"{'postgres':<12}{pid:>8}  {self.postgres.url:<52}{self.postgres.log}")
@@ -236,7 +245,8 @@ class Supervisor:
         deadline = time.monotonic() + 20
         for c in running:
             assert c.proc is not None
-            while c.proc.poll() is None and time.monotonic() < deadline:
+            # A child's exit is not an awaitable event here: poll it, bounded.
+            while c.proc.poll() is None and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.1)
             if c.proc.poll() is None:
                 say(f"  {c.name} did not stop in time; killing it")

@@ -52,6 +52,7 @@ async def ensure_streams(servers: list[str], replicas: int = 1) -> None:
     try:
         js = nc.jetstream()
         for config in stream_configs(replicas):
+            assert config.name is not None
             try:
                 await js.stream_info(config.name)
                 await js.update_stream(config)
@@ -109,7 +110,7 @@ def make_broker(
         name=f"liteclaw-{service}",
         # Keep reconnecting forever: a broker restart must not kill the service.
         max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
+        reconnect_time_wait=1,
         connect_timeout=5,
         middlewares=[
             NatsTelemetryMiddleware(tracer_provider=tracer_provider),

@@ -51,12 +51,19 @@ def ensure_schema(database_url: str, schema: str) -> None:
 class ServiceInstance(Aggregate):
     """One start of one service process. Its only event is the fact that it started."""
 
-    @event("Started")
-    def __init__(self, service: str, instance_id: str, pid: int, version: str) -> None:
+    class Started(Aggregate.Created):
+        service: str
+        instance_id: str
+        pid: int
+        release: str
+
+    @event(Started)
+    def __init__(self, service: str, instance_id: str, pid: int, release: str) -> None:
         self.service = service
         self.instance_id = instance_id
         self.pid = pid
-        self.version = version
+        # Not "version": that name is the aggregate's own event version.
+        self.release = release
 
 
 class EventStore:

@@ -60,9 +60,7 @@ def install_error_handlers(app: FastAPI) -> None:
             elif tuple(err.get("loc", ())) == ("body",):
                 reason = "the request body must be a JSON object (Content-Type: application/json)"
             errors.append({"field": _field_name(err.get("loc", ())), "reason": reason})
-        return JSONResponse(
-            status_code=422, content={"error": "invalid_request", "errors": errors}
-        )
+        return JSONResponse(status_code=422, content={"error": "invalid_request", "errors": errors})
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -92,7 +90,11 @@ def install_health_routes(
         status = 200 if not down else 503
         return JSONResponse(
             status_code=status,
-            content={"status": "ready" if not down else "not ready", "down": down, "checks": checks},
+            content={
+                "status": "ready" if not down else "not ready",
+                "down": down,
+                "checks": checks,
+            },
         )
 
     @app.get("/metrics", include_in_schema=False)

@@ -60,8 +60,8 @@ class TrackedFollower(ABC):
             )
             await self.setup_tables(conn)
 
-    async def setup_tables(self, conn: asyncpg.Connection) -> None:
-        """Create the follower's own tables (idempotent)."""
+    async def setup_tables(self, conn: asyncpg.Connection) -> None:  # noqa: B027
+        """Create the follower's own tables (idempotent); none by default."""
 
     @abstractmethod
     async def process(self, conn: asyncpg.Connection, items: Sequence[Item]) -> None:

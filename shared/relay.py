@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from uuid import UUID, uuid5
 
 import asyncpg
 from eventsourcing.domain import DomainEventProtocol
@@ -21,15 +22,16 @@ from shared.projection import Item, TrackedFollower
 Translator = Callable[[DomainEventProtocol], Event | None]
 
 PUBLISH_CONCURRENCY = 64
+_EVENT_NS = UUID("6f1c1f3e-2d0b-5c55-9a3e-6c1a2b7d9e10")
 
 
 def translate_common(domain_event: DomainEventProtocol) -> Event | None:
     if isinstance(domain_event, ServiceInstance.Started):
         return ServiceStarted(
-            service=domain_event.service,  # type: ignore[attr-defined]
-            instance_id=domain_event.instance_id,  # type: ignore[attr-defined]
-            pid=domain_event.pid,  # type: ignore[attr-defined]
-            version=domain_event.version,  # type: ignore[attr-defined]
+            service=domain_event.service,
+            instance_id=domain_event.instance_id,
+            pid=domain_event.pid,
+            version=domain_event.release,
             occurred_at=domain_event.timestamp,
         )
     return None
@@ -38,7 +40,9 @@ def translate_common(domain_event: DomainEventProtocol) -> Event | None:
 class Relay(TrackedFollower):
     name = "relay:jetstream"
 
-    def __init__(self, *, service: str, broker: NatsBroker, translate: Translator, **kw: object) -> None:
+    def __init__(
+        self, *, service: str, broker: NatsBroker, translate: Translator, **kw: object
+    ) -> None:
         super().__init__(**kw)  # type: ignore[arg-type]
         self.service = service
         self.broker = broker
@@ -51,6 +55,9 @@ class Relay(TrackedFollower):
             contract = translate_common(domain_event) or self.translate(domain_event)
             if contract is not None:
                 msg_id = f"{notification.originator_id}:{notification.originator_version}"
+                # The same stored event always gets the same event_id, so consumers that
+                # dedup by event_id count a re-publish once, even beyond JetStream's window.
+                contract = contract.model_copy(update={"event_id": uuid5(_EVENT_NS, msg_id)})
                 pending.append((contract, msg_id))
         # Publish in bounded concurrent chunks; a failure raises, the transaction rolls
         # back and the whole batch is retried (duplicates are dropped by msg id).

@@ -35,7 +35,13 @@ from shared.telemetry import setup_tracing
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PORTS = {"auth": 8101, "claims": 8102, "heartbeat": 8103, "scheduler": 8104, "monitor": 8105}
+DEFAULT_PORTS = {
+    "auth": 8101,
+    "claims": 8102,
+    "heartbeat": 8103,
+    "scheduler": 8104,
+    "monitor": 8105,
+}
 
 
 def package_version() -> str:
@@ -79,7 +85,9 @@ class ServiceRuntime:
         self.followers: list[TrackedFollower] = []
         self._on_start: list[Callable[[], Awaitable[None]]] = []
         self.started_total = Counter(
-            "liteclaw_service_starts_total", "Starts of this service process", registry=self.registry
+            "liteclaw_service_starts_total",
+            "Starts of this service process",
+            registry=self.registry,
         )
 
     # -- composition hooks used by each service's bootstrap --------------------------
@@ -110,7 +118,10 @@ class ServiceRuntime:
             max_size=10,
             timeout=5,
             command_timeout=30,
-            server_settings={"search_path": self.schema, "application_name": f"liteclaw-{self.name}"},
+            server_settings={
+                "search_path": self.schema,
+                "application_name": f"liteclaw-{self.name}",
+            },
         )
         env = postgres_env(s.database_url, self.schema)
         app = await asyncio.to_thread(self._application_factory, env)
@@ -138,7 +149,7 @@ class ServiceRuntime:
                 service=self.name,
                 instance_id=s.instance_id,
                 pid=os.getpid(),
-                version=package_version(),
+                release=package_version(),
             )
         )
         self.started_total.inc()

@@ -40,7 +40,9 @@ class ServiceSettings(BaseSettings):
         default_factory=_default_instance_id,
         description="Names this process in events, logs and consumer state.",
     )
-    stream_replicas: int = Field(1, ge=1, le=5, description="JetStream stream replicas (3 in a cluster).")
+    stream_replicas: int = Field(
+        1, ge=1, le=5, description="JetStream stream replicas (3 in a cluster)."
+    )
     otel_exporter_otlp_endpoint: str | None = Field(
         None, description="OTLP/HTTP endpoint (e.g. http://127.0.0.1:4318); unset: no export."
     )
@@ -83,7 +85,9 @@ class SchedulerSettings(ServiceSettings):
 
 class HeartbeatSettings(ServiceSettings):
     delivery_concurrency: int = Field(256, ge=1, description="Deliveries in flight per instance.")
-    delivery_timeout: float = Field(10.0, gt=0, description="Seconds one delivery attempt may take.")
+    delivery_timeout: float = Field(
+        10.0, gt=0, description="Seconds one delivery attempt may take."
+    )
     delivery_deadline: float = Field(
         60.0, gt=0, description="Seconds all attempts of one delivery may take."
     )

@@ -141,10 +141,12 @@ class SlotDueConsumer:
             await msg.ack()
             return
         outcome = SENT if result.ok else FAILED
-        extra = {"attempts": result.attempts}
+        extra: dict[str, object] = {"attempts": result.attempts}
         if not result.ok:
             extra |= {"error_class": result.error_class, "error": result.error}
-            await self._dead_letter(msg, deliveries=1, reason=f"{result.error_class}: {result.error}")
+            await self._dead_letter(
+                msg, deliveries=1, reason=f"{result.error_class}: {result.error}"
+            )
         self._decision(outcome, {**fields, **extra})
         self.lateness.observe(max(0.0, (datetime.now(UTC) - slot.scheduled_for).total_seconds()))
         self.on_recorded()

@@ -46,7 +46,9 @@ def build(settings: ServiceSettings) -> tuple[ServiceRuntime, list[APIRouter]]:
         translate=lambda event: None,
     )
     events_total = Counter(
-        "liteclaw_events_total", "Events seen by the monitor", ["service", "type"],
+        "liteclaw_events_total",
+        "Events seen by the monitor",
+        ["service", "type"],
         registry=runtime.registry,
     )
 

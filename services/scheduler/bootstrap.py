@@ -28,7 +28,9 @@ def build(settings: SchedulerSettings) -> tuple[ServiceRuntime, list[APIRouter]]
         ctx.store = runtime.store
         ctx.app = runtime.store.app  # type: ignore[assignment]
         ctx.pool = runtime.pool
-        projection = DueIndexProjection(store=runtime.store, pool=runtime.pool, schema=runtime.schema)
+        projection = DueIndexProjection(
+            store=runtime.store, pool=runtime.pool, schema=runtime.schema
+        )
         runtime.followers.append(projection)
         ticker = Ticker(
             pool=runtime.pool,

@@ -21,22 +21,46 @@ class Profile(Aggregate):
     def create_id(user_id: str) -> UUID:
         return profile_id(user_id)
 
-    @event("Registered")
+    class Registered(Aggregate.Created):
+        user_id: str
+        timezone: str
+        heartbeats_enabled: bool
+
+    class Changed(Aggregate.Event):
+        # Carries user_id too, so projections and the relay need not look the profile up.
+        user_id: str
+        timezone: str
+        heartbeats_enabled: bool
+
+        def apply(self, aggregate: Aggregate) -> None:
+            aggregate.timezone = self.timezone  # type: ignore[attr-defined]
+            aggregate.heartbeats_enabled = self.heartbeats_enabled  # type: ignore[attr-defined]
+
+    @event(Registered)
     def __init__(self, user_id: str, timezone: str, heartbeats_enabled: bool) -> None:
         self.user_id = user_id
         self.timezone = timezone
         self.heartbeats_enabled = heartbeats_enabled
 
-    @event("Changed")
     def change(self, timezone: str, heartbeats_enabled: bool) -> None:
-        self.timezone = timezone
-        self.heartbeats_enabled = heartbeats_enabled
+        self.trigger_event(
+            self.Changed,
+            user_id=self.user_id,
+            timezone=timezone,
+            heartbeats_enabled=heartbeats_enabled,
+        )
 
 
 class HeartbeatJob(Aggregate):
     """One recurring heartbeat: a cron in the owner's zone and where to deliver it."""
 
-    @event("Created")
+    class Created(Aggregate.Created):
+        user_id: str
+        job_type: str
+        schedule_cron: str
+        channel: dict[str, Any]
+
+    @event(Created)
     def __init__(
         self, user_id: str, job_type: str, schedule_cron: str, channel: dict[str, Any]
     ) -> None:

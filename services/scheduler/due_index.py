@@ -44,7 +44,9 @@ def _spec(expr: str) -> CronSpec:
 def compute_next(
     job_id: UUID, cron: str, timezone: str, version: int, after: datetime
 ) -> Slot | None:
-    return next_slot(_spec(cron), parse_zone(timezone), after, job_id=job_id, schedule_version=version)
+    return next_slot(
+        _spec(cron), parse_zone(timezone), after, job_id=job_id, schedule_version=version
+    )
 
 
 JOBS_DDL = """
@@ -113,7 +115,11 @@ class DueIndexProjection(TrackedFollower):
             active = job["enabled"] and not job["deleted"] and event.heartbeats_enabled
             slot = (
                 compute_next(
-                    job["job_id"], job["schedule_cron"], event.timezone, job["schedule_version"], now
+                    job["job_id"],
+                    job["schedule_cron"],
+                    event.timezone,
+                    job["schedule_version"],
+                    now,
                 )
                 if active
                 else None
@@ -184,7 +190,9 @@ class Ticker:
             "liteclaw_scheduler_slots_emitted_total", "SlotDue events published", registry=registry
         )
         self.tick_seconds = Histogram(
-            "liteclaw_scheduler_tick_seconds", "Time of one tick that found due slots", registry=registry
+            "liteclaw_scheduler_tick_seconds",
+            "Time of one tick that found due slots",
+            registry=registry,
         )
 
     def wake(self) -> None:
@@ -218,8 +226,10 @@ class Ticker:
                 )
             if next_due is not None:
                 timeout = max(0.0, min(timeout, (next_due - datetime.now(UTC)).total_seconds()))
-        except Exception:  # sleep the default; the next tick reports the failure
-            pass
+        except Exception as exc:  # sleep the default; the next tick reports the failure
+            log.debug(
+                "next-due lookup failed", extra={"fields": {"error_class": type(exc).__name__}}
+            )
         try:
             await asyncio.wait_for(self._wake.wait(), timeout=timeout)
         except TimeoutError:

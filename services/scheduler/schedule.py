@@ -92,7 +92,9 @@ class CronSpec:
                 f"seconds field, got {len(fields)}",
             )
         if any(f.upper() in ("H", "L") or "H(" in f.upper() or "#" in f for f in fields):
-            raise ScheduleError(field, "hash (H), last (L) and nth-weekday (#) fields are not supported")
+            raise ScheduleError(
+                field, "hash (H), last (L) and nth-weekday (#) fields are not supported"
+            )
         has_seconds = len(fields) == 6
         hour = fields[2] if has_seconds else fields[1]
         try:
@@ -124,9 +126,10 @@ def _is_gap(naive: datetime, zone: ZoneInfo) -> bool:
 
 
 def _is_overlap(naive: datetime, zone: ZoneInfo) -> bool:
-    return naive.replace(tzinfo=zone, fold=0).utcoffset() != naive.replace(
-        tzinfo=zone, fold=1
-    ).utcoffset()
+    return (
+        naive.replace(tzinfo=zone, fold=0).utcoffset()
+        != naive.replace(tzinfo=zone, fold=1).utcoffset()
+    )
 
 
 def _gap_end(naive: datetime, zone: ZoneInfo) -> datetime:
@@ -215,7 +218,9 @@ def iter_slots(
 def next_slot(
     spec: CronSpec, zone: ZoneInfo, after: datetime, *, job_id: UUID | str, schedule_version: int
 ) -> Slot | None:
-    return next(iter_slots(spec, zone, after, job_id=job_id, schedule_version=schedule_version), None)
+    return next(
+        iter_slots(spec, zone, after, job_id=job_id, schedule_version=schedule_version), None
+    )
 
 
 def upcoming(

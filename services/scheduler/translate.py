@@ -15,18 +15,18 @@ def _summary(channel: dict[str, object]) -> ChannelSummary:
 def to_contract(event: DomainEventProtocol) -> Event | None:
     if isinstance(event, Profile.Registered | Profile.Changed):
         return ProfileUpdated(
-            user_id=event.user_id,  # type: ignore[union-attr]
-            timezone=event.timezone,  # type: ignore[union-attr]
-            heartbeats_enabled=event.heartbeats_enabled,  # type: ignore[union-attr]
+            user_id=event.user_id,
+            timezone=event.timezone,
+            heartbeats_enabled=event.heartbeats_enabled,
             occurred_at=event.timestamp,
         )
     if isinstance(event, HeartbeatJob.Created):
         return HeartbeatJobCreated(
             job_id=event.originator_id,
-            user_id=event.user_id,  # type: ignore[attr-defined]
-            job_type=event.job_type,  # type: ignore[attr-defined]
-            schedule_cron=event.schedule_cron,  # type: ignore[attr-defined]
-            channel=_summary(event.channel),  # type: ignore[attr-defined]
+            user_id=event.user_id,
+            job_type=event.job_type,
+            schedule_cron=event.schedule_cron,
+            channel=_summary(event.channel),
             occurred_at=event.timestamp,
         )
     return None

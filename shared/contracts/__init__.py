@@ -72,7 +72,6 @@ class WebhookChannel(BaseModel):
         ),
     ]
 
-
     @field_validator("secret")
     @classmethod
     def _base64_secret(cls, value: str) -> str:

@@ -1,0 +1,1 @@
+"""Helpers the test suite shares: real servers, real processes, real receivers."""
