@@ -16,6 +16,7 @@ from urllib.parse import unquote, urlsplit
 import psycopg
 from eventsourcing.application import Application
 from eventsourcing.domain import Aggregate, event
+from eventsourcing.persistence import IntegrityError
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -64,6 +65,24 @@ class ServiceInstance(Aggregate):
         self.pid = pid
         # Not "version": that name is the aggregate's own event version.
         self.release = release
+
+
+def save_each(app: Application, aggregates: list[Any]) -> list[bool]:
+    """Save a batch in one write if possible; if any already exists (a duplicate id),
+    nothing was written, so fall back to one write each. Returns, per aggregate, whether
+    it was new. Deterministic ids make this the durable dedup."""
+    try:
+        app.save(*aggregates)
+        return [True] * len(aggregates)
+    except IntegrityError:
+        results = []
+        for aggregate in aggregates:
+            try:
+                app.save(aggregate)
+                results.append(True)
+            except IntegrityError:
+                results.append(False)
+        return results
 
 
 class EventStore:

@@ -75,7 +75,16 @@ class SchedulerSettings(ServiceSettings):
     )
     tick_batch: int = Field(2000, ge=1, description="Due slots claimed per transaction.")
     misfire_grace: timedelta = Field(
-        timedelta(minutes=15), description="Missed slots younger than this are caught up."
+        timedelta(minutes=15),
+        description="Missed slots younger than this are caught up (latest one per job); "
+        "older ones are recorded skippedMissed. Seconds or ISO 8601 (PT15M).",
+    )
+    slot_stagger_max: float = Field(
+        0.0,
+        ge=0,
+        le=300,
+        description="Spread each job's firing by a deterministic offset in [0, this) seconds "
+        "(0: off). The slot key and the slot's nominal time do not change.",
     )
 
     @property
@@ -96,3 +105,8 @@ class HeartbeatSettings(ServiceSettings):
         "https://api.telegram.org", description="Telegram Bot API base URL."
     )
     telegram_bot_token: SecretStr | None = Field(None, description="Telegram bot token.")
+    heartbeat_template: str = Field(
+        "Lite Claw heartbeat for {local:%A %d %B %Y, %H:%M} ({timezone})",
+        description="Message text; str.format fields: local (the slot's local datetime), "
+        "timezone, user_id, job_type. A text that renders empty is not sent (skippedEmpty).",
+    )

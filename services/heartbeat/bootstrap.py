@@ -2,26 +2,34 @@
 
 from __future__ import annotations
 
+import logging
+
 import httpx
 from fastapi import APIRouter
 from faststream.middlewares import AckPolicy
 from faststream.nats import ConsumerConfig, DeliverPolicy, JStream, NatsMessage, PullSub
 from nats.js.api import AckPolicy as JsAckPolicy
+from pydantic import ValidationError
 
+from services.heartbeat import job_state
 from services.heartbeat.api import build_router
 from services.heartbeat.application import HeartbeatApplication
-from services.heartbeat.channels import Sender
+from services.heartbeat.channels import Sender, Template
 from services.heartbeat.consumer import SlotDueConsumer
 from services.heartbeat.deliveries import DeliveriesProjection
+from services.heartbeat.group_commit import GroupCommitter
 from services.heartbeat.translate import to_contract
-from shared.contracts import SlotDue, stream_name
+from shared.contracts import SlotDue, parse_event, stream_name
 from shared.runtime import ServiceRuntime
 from shared.settings import HeartbeatSettings
+
+log = logging.getLogger(__name__)
 
 CONSUMER = "heartbeat-slot-due"
 
 
 def build(settings: HeartbeatSettings) -> tuple[ServiceRuntime, list[APIRouter]]:
+    template = Template(settings.heartbeat_template)
     runtime = ServiceRuntime(
         name="heartbeat",
         settings=settings,
@@ -31,6 +39,8 @@ def build(settings: HeartbeatSettings) -> tuple[ServiceRuntime, list[APIRouter]]
     state: dict[str, SlotDueConsumer] = {}
 
     async def start() -> None:
+        async with runtime.pool.acquire() as conn:
+            await conn.execute(job_state.DDL)
         projection = DeliveriesProjection(
             store=runtime.store, pool=runtime.pool, schema=runtime.schema
         )
@@ -54,9 +64,12 @@ def build(settings: HeartbeatSettings) -> tuple[ServiceRuntime, list[APIRouter]]
             runtime.relay.wake()
 
         state["consumer"] = SlotDueConsumer(
-            store=runtime.store,
+            pool=runtime.pool,
+            events_table=runtime.store.app.recorder.events_table_name,  # type: ignore[attr-defined]
+            committer=GroupCommitter(runtime.store),
             broker=runtime.broker,
             sender=sender,
+            template=template,
             max_deliver=settings.max_deliver,
             registry=runtime.registry,
             on_recorded=on_recorded,
@@ -83,6 +96,30 @@ def build(settings: HeartbeatSettings) -> tuple[ServiceRuntime, list[APIRouter]]
     )
     async def on_slot_due(msg: NatsMessage) -> None:
         await state["consumer"].handle(msg)
+
+    def follow_job_state(subject: str) -> None:
+        @runtime.broker.subscriber(
+            subject,
+            stream=JStream(stream_name("scheduler"), declare=False),
+            durable="heartbeat-" + subject.rsplit(".", 1)[-1].replace("_", "-"),
+            pull_sub=PullSub(batch_size=64, timeout=1.0),
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_wait=60),
+            ack_policy=AckPolicy.MANUAL,
+        )
+        async def on_job_event(msg: NatsMessage) -> None:
+            try:
+                event = parse_event(msg.body)
+            except ValidationError as exc:
+                log.error(
+                    "unparseable scheduler event skipped", extra={"fields": {"error": str(exc)}}
+                )
+                await msg.reject()
+                return
+            await job_state.apply(runtime.pool, event)
+            await msg.ack()
+
+    for subject in job_state.SUBJECTS:
+        follow_job_state(subject)
 
     return runtime, [build_router(lambda: runtime.pool)]
 

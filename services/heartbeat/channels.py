@@ -40,9 +40,28 @@ class _Permanent(Exception):
         self.error_class = error_class
 
 
-def render_text(slot: SlotDue) -> str:
-    local = datetime.fromisoformat(slot.local_time)
-    return f"Lite Claw heartbeat for {local:%A %d %B %Y, %H:%M} ({slot.timezone})"
+DEFAULT_TEMPLATE = "Lite Claw heartbeat for {local:%A %d %B %Y, %H:%M} ({timezone})"
+
+
+class Template:
+    """The message text: ``str.format`` fields ``local`` (the slot's local datetime),
+    ``timezone``, ``user_id`` and ``job_type``."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        # Fail at start-up, not at 09:00 for every user.
+        try:
+            text.format(local=datetime.now(UTC), timezone="UTC", user_id="u", job_type="t")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"HEARTBEAT_TEMPLATE is not a valid template: {exc!r}") from None
+
+    def render(self, slot: SlotDue) -> str:
+        return self.text.format(
+            local=datetime.fromisoformat(slot.local_time),
+            timezone=slot.timezone,
+            user_id=slot.user_id,
+            job_type=slot.job_type,
+        )
 
 
 def _classify(response: httpx.Response) -> None:
@@ -74,14 +93,14 @@ class Sender:
         self.telegram_api_base = telegram_api_base.rstrip("/")
         self.telegram_bot_token = telegram_bot_token
 
-    async def deliver(self, slot: SlotDue) -> DeliveryResult:
+    async def deliver(self, slot: SlotDue, text: str) -> DeliveryResult:
         started = time.monotonic()
         attempts = 0
         backoff = 0.2
         while True:
             attempts += 1
             try:
-                await self._attempt(slot)
+                await self._attempt(slot, text)
                 return DeliveryResult(True, attempts)
             except _Permanent as exc:
                 return DeliveryResult(False, attempts, exc.error_class, str(exc))
@@ -93,18 +112,18 @@ class Sender:
                 await asyncio.sleep(wait)
                 backoff = min(backoff * 2, 10.0)
 
-    async def _attempt(self, slot: SlotDue) -> None:
+    async def _attempt(self, slot: SlotDue, text: str) -> None:
         try:
             if isinstance(slot.channel, WebhookChannel):
-                await self._webhook(slot, slot.channel)
+                await self._webhook(slot, slot.channel, text)
             elif isinstance(slot.channel, TelegramChannel):
-                await self._telegram(slot, slot.channel)
+                await self._telegram(slot, slot.channel, text)
         except httpx.TimeoutException as exc:
             raise _Transient("Timeout", f"no answer within {self.attempt_timeout}s") from exc
         except httpx.TransportError as exc:
             raise _Transient(type(exc).__name__, "could not connect to receiver") from exc
 
-    async def _webhook(self, slot: SlotDue, channel: WebhookChannel) -> None:
+    async def _webhook(self, slot: SlotDue, channel: WebhookChannel, text: str) -> None:
         body = json.dumps(
             {
                 "type": "heartbeat",
@@ -114,7 +133,7 @@ class Sender:
                 "scheduled_for": slot.scheduled_for.isoformat(),
                 "local_time": slot.local_time,
                 "timezone": slot.timezone,
-                "text": render_text(slot),
+                "text": text,
             }
         )
         now = datetime.now(UTC)
@@ -132,12 +151,12 @@ class Sender:
         )
         _classify(response)
 
-    async def _telegram(self, slot: SlotDue, channel: TelegramChannel) -> None:
+    async def _telegram(self, slot: SlotDue, channel: TelegramChannel, text: str) -> None:
         if not self.telegram_bot_token:
             raise _Permanent("ConfigurationError", "TELEGRAM_BOT_TOKEN is not set")
         response = await self.client.post(
             f"{self.telegram_api_base}/bot{self.telegram_bot_token}/sendMessage",
-            json={"chat_id": channel.chat_id, "text": render_text(slot)},
+            json={"chat_id": channel.chat_id, "text": text},
             timeout=self.attempt_timeout,
         )
         _classify(response)

@@ -4,38 +4,49 @@ One durable pull consumer is shared by every heartbeat instance. For each messag
 
 1. Parse it. A message that does not parse is redelivered a bounded number of times and
    then sent to ``liteclaw.dlq.heartbeat`` with the reason; it never blocks the consumer.
-2. If the slot already has a durable outcome: ``skippedDuplicate``, ack.
-3. If the slot's instant is still ahead: ``skippedNotDue``, Nak with a delay so it comes
-   back at its instant.
-4. Deliver, store ``Delivery.Sent`` or ``Delivery.Failed`` (the save is the durable
-   dedup: a concurrent twin raises IntegrityError and becomes ``skippedDuplicate``), ack.
-   A failed slot also goes to the dead-letter subject with its reason.
+2. The slot already has a durable outcome: log ``skippedDuplicate``, ack.
+3. The slot's instant is still ahead: log ``skippedNotDue`` and Nak with a delay, so it
+   comes back at its instant.
+4. The job was disabled or deleted, or the user paused heartbeats, since the slot was
+   emitted: record ``skippedDisabled``. Inside the user's quiet hours: record
+   ``skippedQuietHours``. The text renders empty: record ``skippedEmpty``.
+5. Otherwise deliver, and record ``sent`` or ``failed`` (a failed slot also goes to the
+   dead-letter subject with its reason).
 
-Infrastructure errors (database down) Nak with backoff; the slot is retried, not lost.
+Records are saved through the group committer; the save is the durable dedup (a
+concurrent twin loses with IntegrityError and becomes ``skippedDuplicate``). Only after
+the save returns is the message acked. Infrastructure errors (database down) Nak with
+backoff: the slot is retried, not lost.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from eventsourcing.persistence import IntegrityError
+import asyncpg
 from faststream.nats import NatsBroker, NatsMessage
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import ValidationError
 
-from services.heartbeat.channels import Sender
+from services.heartbeat import job_state
+from services.heartbeat.channels import Sender, Template
 from services.heartbeat.domain import (
     FAILED,
     SENT,
+    SKIPPED_DISABLED,
     SKIPPED_DUPLICATE,
+    SKIPPED_EMPTY,
     SKIPPED_NOT_DUE,
+    SKIPPED_QUIET_HOURS,
     Delivery,
+    delivery_id,
 )
-from shared.contracts import DeadLetter, SlotDue, dlq_subject
-from shared.eventstore import EventStore
+from services.heartbeat.group_commit import GroupCommitter
+from shared.contracts import DeadLetter, QuietHours, SlotDue, dlq_subject
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("liteclaw.heartbeat")
@@ -44,25 +55,57 @@ tracer = trace.get_tracer("liteclaw.heartbeat")
 EARLY_TOLERANCE_S = 0.25
 
 
+def in_quiet_hours(quiet: QuietHours | None, local_time: str) -> bool:
+    if quiet is None:
+        return False
+    start = datetime.strptime(quiet.start, "%H:%M").time()
+    end = datetime.strptime(quiet.end, "%H:%M").time()
+    now = datetime.fromisoformat(local_time).time()
+    if start == end:
+        return False
+    return start <= now < end if start < end else (now >= start or now < end)
+
+
+def _redact(body: str) -> str:
+    """Dead letters keep the slot but never the channel's signing secret."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body
+    if isinstance(data, dict) and isinstance(data.get("channel"), dict):
+        if "secret" in data["channel"]:
+            data["channel"]["secret"] = "[redacted]"  # noqa: S105 - a placeholder
+        return json.dumps(data)
+    return body
+
+
 class SlotDueConsumer:
     def __init__(
         self,
         *,
-        store: EventStore,
+        pool: asyncpg.Pool,
+        events_table: str,
+        committer: GroupCommitter,
         broker: NatsBroker,
         sender: Sender,
+        template: Template,
         max_deliver: int,
         registry: CollectorRegistry,
         on_recorded: Any,
     ) -> None:
-        self.store = store
+        self.pool = pool
+        # The event store's own table, read directly: one indexed lookup on the event
+        # loop instead of a trip through the synchronous recorder's thread pool.
+        self.events_table = events_table
+        self.committer = committer
         self.broker = broker
         self.sender = sender
+        self.template = template
         self.max_deliver = max_deliver
         self.on_recorded = on_recorded
         self.outcomes = Counter(
             "liteclaw_heartbeat_outcomes_total",
-            "Heartbeat outcomes by runbook name",
+            "Heartbeat decisions by runbook name (sent, failed, skipped*)",
             ["outcome"],
             registry=registry,
         )
@@ -81,7 +124,7 @@ class SlotDueConsumer:
             await self._poison(msg, deliveries, exc)
             return
         try:
-            await self._decide(msg, slot)
+            await self._decide(msg, slot, deliveries)
         except Exception as exc:
             # The outcome is not durable: do not ack. Back off and let JetStream redeliver.
             delay = min(2.0 ** min(deliveries, 5), 30.0)
@@ -98,14 +141,23 @@ class SlotDueConsumer:
             )
             await msg.nack(delay=delay)
 
-    async def _decide(self, msg: NatsMessage, slot: SlotDue) -> None:
-        fields = {
+    async def _has_outcome(self, slot_key: str) -> bool:
+        async with self.pool.acquire() as conn:
+            found = await conn.fetchval(
+                f"SELECT 1 FROM {self.events_table} WHERE originator_id = $1 LIMIT 1",  # noqa: S608
+                delivery_id(slot_key),
+            )
+        return found is not None
+
+    async def _decide(self, msg: NatsMessage, slot: SlotDue, deliveries: int) -> None:
+        fields: dict[str, Any] = {
             "slot_key": slot.slot_key,
             "job_id": str(slot.job_id),
             "user_id": slot.user_id,
             "scheduled_for": slot.scheduled_for.isoformat(),
+            "deliveries": deliveries,
         }
-        if await self.store.call(self.store.app.has_outcome, slot.slot_key):  # type: ignore[attr-defined]
+        if await self._has_outcome(slot.slot_key):
             self._decision(SKIPPED_DUPLICATE, fields)
             await msg.ack()
             return
@@ -114,43 +166,71 @@ class SlotDueConsumer:
             self._decision(SKIPPED_NOT_DUE, {**fields, "due_in_s": round(ahead, 3)})
             await msg.nack(delay=ahead)
             return
+        skip, detail = await self._skip_reason(slot)
+        if skip:
+            record = Delivery.skipped(
+                slot.slot_key, slot.job_id, slot.user_id, slot.scheduled_for, skip
+            )
+            await self._record(msg, slot, record, skip, {**fields, "detail": detail})
+            return
+        text = self.template.render(slot)
         with tracer.start_as_current_span(
             "heartbeat.deliver",
             attributes={"liteclaw.slot_key": slot.slot_key, "liteclaw.channel": slot.channel.type},
         ):
-            result = await self.sender.deliver(slot)
+            result = await self.sender.deliver(slot, text)
         if result.ok:
             record = Delivery.sent(
                 slot.slot_key, slot.job_id, slot.user_id, slot.scheduled_for, result.attempts
             )
-        else:
-            record = Delivery.failed(
-                slot.slot_key,
-                slot.job_id,
-                slot.user_id,
-                slot.scheduled_for,
-                result.attempts,
-                result.error_class,
-                result.error,
-            )
-        try:
-            await self.store.save(record)
-        except IntegrityError:
-            # Another instance recorded this slot first (a redelivery raced us).
+            await self._record(msg, slot, record, SENT, {**fields, "attempts": result.attempts})
+            return
+        record = Delivery.failed(
+            slot.slot_key,
+            slot.job_id,
+            slot.user_id,
+            slot.scheduled_for,
+            result.attempts,
+            result.error_class,
+            result.error,
+        )
+        extra = {
+            "attempts": result.attempts,
+            "error_class": result.error_class,
+            "error": result.error,
+        }
+        if await self._record(msg, slot, record, FAILED, {**fields, **extra}):
+            await self._dead_letter(msg, deliveries, reason=f"{result.error_class}: {result.error}")
+
+    async def _skip_reason(self, slot: SlotDue) -> tuple[str | None, str]:
+        disabled = await job_state.disabled_reason(self.pool, slot.job_id, slot.user_id)
+        if disabled:
+            return SKIPPED_DISABLED, disabled
+        if in_quiet_hours(slot.quiet_hours, slot.local_time):
+            assert slot.quiet_hours is not None
+            return SKIPPED_QUIET_HOURS, f"{slot.quiet_hours.start}-{slot.quiet_hours.end}"
+        if not self.template.render(slot).strip():
+            return SKIPPED_EMPTY, "the template rendered no text"
+        return None, ""
+
+    async def _record(
+        self,
+        msg: NatsMessage,
+        slot: SlotDue,
+        record: Delivery,
+        outcome: str,
+        fields: dict[str, Any],
+    ) -> bool:
+        """Save the outcome, then ack. False when another delivery recorded it first."""
+        if not await self.committer.save(record):
             self._decision(SKIPPED_DUPLICATE, fields)
             await msg.ack()
-            return
-        outcome = SENT if result.ok else FAILED
-        extra: dict[str, object] = {"attempts": result.attempts}
-        if not result.ok:
-            extra |= {"error_class": result.error_class, "error": result.error}
-            await self._dead_letter(
-                msg, deliveries=1, reason=f"{result.error_class}: {result.error}"
-            )
-        self._decision(outcome, {**fields, **extra})
+            return False
+        self._decision(outcome, fields)
         self.lateness.observe(max(0.0, (datetime.now(UTC) - slot.scheduled_for).total_seconds()))
         self.on_recorded()
         await msg.ack()
+        return True
 
     def _decision(self, outcome: str, fields: dict[str, Any]) -> None:
         self.outcomes.labels(outcome).inc()
@@ -176,7 +256,7 @@ class SlotDueConsumer:
         await msg.reject()
 
     async def _dead_letter(self, msg: NatsMessage, deliveries: int, reason: str) -> None:
-        body = msg.body[:65536].decode("utf-8", "replace")
+        body = _redact(msg.body[:65536].decode("utf-8", "replace"))
         letter = DeadLetter(
             service="heartbeat",
             subject=msg.raw_message.subject,

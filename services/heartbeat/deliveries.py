@@ -44,7 +44,7 @@ class DeliveriesProjection(TrackedFollower):
                 e.timestamp,
             )
             for _, e in items
-            if isinstance(e, Delivery.Sent | Delivery.Failed)
+            if isinstance(e, Delivery.Sent | Delivery.Failed | Delivery.Skipped)
         ]
         if rows:
             await conn.executemany(

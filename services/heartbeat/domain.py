@@ -19,6 +19,10 @@ SENT = "sent"
 FAILED = "failed"
 SKIPPED_NOT_DUE = "skippedNotDue"
 SKIPPED_DUPLICATE = "skippedDuplicate"
+# Further final outcomes, each with the reason in its name.
+SKIPPED_DISABLED = "skippedDisabled"
+SKIPPED_QUIET_HOURS = "skippedQuietHours"
+SKIPPED_EMPTY = "skippedEmpty"
 
 
 def delivery_id(slot_key: str) -> UUID:
@@ -43,6 +47,14 @@ class Delivery(Aggregate):
         outcome: str
         error_class: str
         error: str
+
+    class Skipped(Aggregate.Created):
+        slot_key: str
+        job_id: UUID
+        user_id: str
+        scheduled_for: datetime
+        attempts: int
+        outcome: str
 
     def __init__(
         self,
@@ -101,4 +113,19 @@ class Delivery(Aggregate):
             outcome=FAILED,
             error_class=error_class,
             error=error,
+        )
+
+    @classmethod
+    def skipped(
+        cls, slot_key: str, job_id: UUID, user_id: str, scheduled_for: datetime, reason: str
+    ) -> Delivery:
+        return cls._create(
+            cls.Skipped,
+            id=delivery_id(slot_key),
+            slot_key=slot_key,
+            job_id=job_id,
+            user_id=user_id,
+            scheduled_for=scheduled_for,
+            attempts=0,
+            outcome=reason,
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from eventsourcing.domain import DomainEventProtocol
 
 from services.heartbeat.domain import Delivery
-from shared.contracts import Event, HeartbeatFailed, HeartbeatSent
+from shared.contracts import Event, HeartbeatFailed, HeartbeatSent, HeartbeatSkipped
 
 
 def to_contract(event: DomainEventProtocol) -> Event | None:
@@ -27,6 +27,16 @@ def to_contract(event: DomainEventProtocol) -> Event | None:
             attempts=event.attempts,
             error_class=event.error_class,
             error=event.error,
+            occurred_at=event.timestamp,
+        )
+    if isinstance(event, Delivery.Skipped):
+        return HeartbeatSkipped(
+            slot_key=event.slot_key,
+            job_id=event.job_id,
+            user_id=event.user_id,
+            scheduled_for=event.scheduled_for,
+            attempts=event.attempts,
+            reason=event.outcome,
             occurred_at=event.timestamp,
         )
     return None

@@ -1,7 +1,9 @@
-"""Composition root of the scheduler process."""
+"""Composition root of the scheduler process, and of the one-shot `liteclaw heartbeat run`."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from datetime import UTC, datetime
 
 from fastapi import APIRouter
@@ -9,13 +11,34 @@ from fastapi import APIRouter
 from services.scheduler.api import build_router
 from services.scheduler.application import SchedulerApplication
 from services.scheduler.bootstrap_types import SchedulerContext
-from services.scheduler.due_index import DueIndexProjection, Ticker, compute_next
+from services.scheduler.domain import JOB_TYPES, MissedSlots
+from services.scheduler.due_index import DueIndexProjection, Ticker, TickResult, compute_next
 from services.scheduler.translate import to_contract
 from shared.runtime import ServiceRuntime
 from shared.settings import SchedulerSettings
 
+log = logging.getLogger(__name__)
 
-def build(settings: SchedulerSettings) -> tuple[ServiceRuntime, list[APIRouter]]:
+
+def unknown_job_types(settings: SchedulerSettings) -> list[str]:
+    return [t for t in settings.job_types if t not in JOB_TYPES]
+
+
+def job_type_problem(settings: SchedulerSettings) -> str | None:
+    unknown = unknown_job_types(settings)
+    if not settings.job_types:
+        return "HEARTBEAT_JOB_TYPE names no job type"
+    if unknown:
+        return (
+            f"HEARTBEAT_JOB_TYPE names job types no job can have: {', '.join(unknown)} "
+            f"(known: {', '.join(sorted(JOB_TYPES))})"
+        )
+    return None
+
+
+def build(
+    settings: SchedulerSettings, *, run_ticker: bool = True
+) -> tuple[ServiceRuntime, list[APIRouter]]:
     runtime = ServiceRuntime(
         name="scheduler",
         settings=settings,
@@ -23,24 +46,33 @@ def build(settings: SchedulerSettings) -> tuple[ServiceRuntime, list[APIRouter]]
         translate=to_contract,
     )
     ctx = SchedulerContext()
+    problem = job_type_problem(settings)
+
+    async def job_types_check() -> str:
+        return f"error: {problem}" if problem else "ok"
+
+    runtime.add_readiness_check("job_types", job_types_check)
 
     async def start() -> None:
         ctx.store = runtime.store
         ctx.app = runtime.store.app  # type: ignore[assignment]
         ctx.pool = runtime.pool
         projection = DueIndexProjection(
-            store=runtime.store, pool=runtime.pool, schema=runtime.schema
+            store=runtime.store,
+            pool=runtime.pool,
+            schema=runtime.schema,
+            stagger_max=settings.slot_stagger_max,
         )
         runtime.followers.append(projection)
-        ticker = Ticker(
-            pool=runtime.pool,
-            broker=runtime.broker,
-            job_types=settings.job_types,
-            batch=settings.tick_batch,
-            max_sleep=settings.tick_max_sleep,
-            registry=runtime.registry,
-        )
-        runtime.add_loop(ticker.run)
+        ticker = _ticker(runtime, settings)
+        if not run_ticker:
+            pass
+        elif problem:
+            # Serve the API and report the problem in /readyz, but emit nothing: a
+            # misconfigured instance must not fire the wrong jobs.
+            log.error("ticker not started", extra={"fields": {"reason": problem}})
+        else:
+            runtime.add_loop(ticker.run)
 
         async def after_write() -> None:
             # Make the write visible to reads and to the ticker before answering.
@@ -57,8 +89,56 @@ def build(settings: SchedulerSettings) -> tuple[ServiceRuntime, list[APIRouter]]
     return runtime, [build_router(ctx)]
 
 
+def _ticker(runtime: ServiceRuntime, settings: SchedulerSettings) -> Ticker:
+    app: SchedulerApplication = runtime.store.app  # type: ignore[assignment]
+
+    async def record_missed(records: list[MissedSlots]) -> int:
+        saved = await runtime.store.call(app.record_missed, records)
+        runtime.relay.wake()
+        return saved
+
+    return Ticker(
+        pool=runtime.pool,
+        broker=runtime.broker,
+        job_types=settings.job_types,
+        batch=settings.tick_batch,
+        max_sleep=settings.tick_max_sleep,
+        misfire_grace=settings.misfire_grace,
+        stagger_max=settings.slot_stagger_max,
+        record_missed=record_missed,
+        registry=runtime.registry,
+    )
+
+
+async def run_once(settings: SchedulerSettings) -> TickResult:
+    """One tick and exit: bring the due index up to date, emit every slot due now (with
+    the misfire rules), publish the events recorded, and stop. The same guarantees as the
+    long-running scheduler, for deployments that drive it from cron."""
+    problem = job_type_problem(settings)
+    if problem:
+        raise SystemExit(f"liteclaw heartbeat run: {problem}")
+    runtime, _ = build(settings, run_ticker=False)
+    await runtime.start()
+    try:
+        ticker = _ticker(runtime, settings)
+        result = await ticker.drain()
+        await runtime.relay.catch_up()
+        return result
+    finally:
+        await runtime.stop()
+
+
 def main() -> None:
     from shared.runtime import serve
 
     runtime, routers = build(SchedulerSettings())  # type: ignore[call-arg]
     serve(runtime, routers)
+
+
+def run_once_main(settings: SchedulerSettings) -> int:
+    result = asyncio.run(run_once(settings))
+    print(
+        f"claimed {result.claimed} due jobs, emitted {result.emitted} SlotDue, "
+        f"recorded missed slots for {result.missed_jobs} jobs"
+    )
+    return 0

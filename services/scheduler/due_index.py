@@ -7,15 +7,22 @@ the commit leaves the rows due, so they are published again with the same slot k
 JetStream drops the repeat inside its duplicate window and the heartbeat service's
 durable record drops it after that. The tick reads only due rows through an index, so
 its cost grows with the slots due, not with the jobs registered.
+
+Misfires: a row whose slot is older than the grace window when it is claimed (no
+scheduler ran) is caught up by emitting only its latest slot that is still inside the
+window; every other slot it passed over is written down in one ``MissedSlots`` record
+per job (``skippedMissed``), never as a storm of events.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
-from collections.abc import Sequence
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 from uuid import UUID
@@ -25,8 +32,8 @@ from faststream.nats import NatsBroker
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from services.scheduler.domain import HeartbeatJob, Profile
-from services.scheduler.schedule import CronSpec, Slot, next_slot, parse_zone
+from services.scheduler.domain import HeartbeatJob, MissedSlots, Profile
+from services.scheduler.schedule import CronSpec, Slot, iter_slots, next_slot, parse_zone
 from shared.contracts import SlotDue, stream_name
 from shared.projection import Item, TrackedFollower
 
@@ -34,6 +41,9 @@ log = logging.getLogger(__name__)
 tracer = trace.get_tracer("liteclaw.scheduler")
 
 PUBLISH_CONCURRENCY = 256
+# How many missed slots of one job are counted one by one before the count is reported
+# as a lower bound (a per-second cron over a long outage would otherwise cost minutes).
+MISSED_COUNT_CAP = 10_000
 
 
 @lru_cache(maxsize=4096)
@@ -49,11 +59,22 @@ def compute_next(
     )
 
 
+def stagger(job_id: UUID, max_seconds: float) -> timedelta:
+    """A deterministic per-job offset in [0, max_seconds): the same on every instance
+    and every replay, so spreading a top-of-minute burst never changes a slot's key."""
+    if max_seconds <= 0:
+        return timedelta(0)
+    digest = hashlib.sha256(job_id.bytes).digest()
+    millis = int.from_bytes(digest[:4], "big") % int(max_seconds * 1000)
+    return timedelta(milliseconds=millis)
+
+
 JOBS_DDL = """
 CREATE TABLE IF NOT EXISTS profiles (
     user_id text PRIMARY KEY,
     timezone text NOT NULL,
     heartbeats_enabled boolean NOT NULL,
+    quiet_hours jsonb,
     updated_at timestamptz NOT NULL
 );
 CREATE TABLE IF NOT EXISTS jobs (
@@ -64,9 +85,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     schedule_version integer NOT NULL,
     channel jsonb NOT NULL,
     timezone text NOT NULL,
+    quiet_hours jsonb,
     enabled boolean NOT NULL,
     deleted boolean NOT NULL DEFAULT false,
     heartbeats_enabled boolean NOT NULL,
+    slot_at timestamptz,
     next_fire_at timestamptz,
     slot_key text,
     local_time text,
@@ -79,92 +102,141 @@ CREATE INDEX IF NOT EXISTS jobs_user ON jobs (user_id);
 
 
 class DueIndexProjection(TrackedFollower):
-    """Profiles and jobs as the ticker needs them, rebuilt from the scheduler's events."""
+    """Profiles and jobs as the ticker needs them, rebuilt from the scheduler's events.
+    Every change that can move a job's slots recomputes its next slot from now, so
+    changes move future slots only."""
 
     name = "due_index"
+
+    def __init__(self, *, stagger_max: float = 0.0, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.stagger_max = stagger_max
 
     async def setup_tables(self, conn: asyncpg.Connection) -> None:
         await conn.execute(JOBS_DDL)
 
     async def process(self, conn: asyncpg.Connection, items: Sequence[Item]) -> None:
         now = datetime.now(UTC)
-        for _, event in items:
-            if isinstance(event, Profile.Registered | Profile.Changed):
-                await self._profile(conn, event, now)
-            elif isinstance(event, HeartbeatJob.Created):
-                await self._job_created(conn, event, now)
-
-    async def _profile(self, conn: asyncpg.Connection, event: Any, now: datetime) -> None:
-        await conn.execute(
-            """INSERT INTO profiles (user_id, timezone, heartbeats_enabled, updated_at)
-               VALUES ($1, $2, $3, $4)
-               ON CONFLICT (user_id) DO UPDATE SET timezone = $2, heartbeats_enabled = $3,
-                   updated_at = $4""",
-            event.user_id,
-            event.timezone,
-            event.heartbeats_enabled,
-            event.timestamp,
-        )
-        # A zone change moves future slots only: recompute each job's next slot from now.
-        jobs = await conn.fetch(
-            "SELECT job_id, schedule_cron, schedule_version, enabled, deleted FROM jobs "
-            "WHERE user_id = $1",
-            event.user_id,
-        )
-        for job in jobs:
-            active = job["enabled"] and not job["deleted"] and event.heartbeats_enabled
-            slot = (
-                compute_next(
-                    job["job_id"],
-                    job["schedule_cron"],
-                    event.timezone,
-                    job["schedule_version"],
-                    now,
+        for _, e in items:
+            if isinstance(e, Profile.Registered | Profile.Changed):
+                await self._profile(conn, e, now)
+            elif isinstance(e, HeartbeatJob.Created):
+                await self._job_created(conn, e, now)
+            elif isinstance(e, HeartbeatJob.ScheduleChanged):
+                await conn.execute(
+                    "UPDATE jobs SET schedule_cron = $2, schedule_version = $3, updated_at = $4 "
+                    "WHERE job_id = $1",
+                    e.originator_id,
+                    e.schedule_cron,
+                    e.schedule_version,
+                    e.timestamp,
                 )
-                if active
-                else None
-            )
-            await conn.execute(
-                """UPDATE jobs SET timezone = $2, heartbeats_enabled = $3, next_fire_at = $4,
-                       slot_key = $5, local_time = $6, updated_at = $7 WHERE job_id = $1""",
-                job["job_id"],
-                event.timezone,
-                event.heartbeats_enabled,
-                slot.at if slot else None,
-                slot.key if slot else None,
-                slot.local_iso if slot else None,
-                event.timestamp,
-            )
+                await self._reschedule(conn, e.originator_id, now)
+            elif isinstance(e, HeartbeatJob.ChannelChanged):
+                await conn.execute(
+                    "UPDATE jobs SET channel = $2, updated_at = $3 WHERE job_id = $1",
+                    e.originator_id,
+                    json.dumps(e.channel),
+                    e.timestamp,
+                )
+            elif isinstance(e, HeartbeatJob.Enabled | HeartbeatJob.Disabled):
+                await conn.execute(
+                    "UPDATE jobs SET enabled = $2, updated_at = $3 WHERE job_id = $1",
+                    e.originator_id,
+                    isinstance(e, HeartbeatJob.Enabled),
+                    e.timestamp,
+                )
+                await self._reschedule(conn, e.originator_id, now)
+            elif isinstance(e, HeartbeatJob.Deleted):
+                await conn.execute(
+                    "UPDATE jobs SET deleted = true, slot_at = NULL, next_fire_at = NULL, "
+                    "slot_key = NULL, local_time = NULL, updated_at = $2 WHERE job_id = $1",
+                    e.originator_id,
+                    e.timestamp,
+                )
 
-    async def _job_created(self, conn: asyncpg.Connection, event: Any, now: datetime) -> None:
-        profile = await conn.fetchrow(
-            "SELECT timezone, heartbeats_enabled FROM profiles WHERE user_id = $1", event.user_id
+    async def _profile(self, conn: asyncpg.Connection, e: Any, now: datetime) -> None:
+        quiet = json.dumps(e.quiet_hours) if e.quiet_hours else None
+        await conn.execute(
+            """INSERT INTO profiles (user_id, timezone, heartbeats_enabled, quiet_hours,
+                   updated_at)
+               VALUES ($1, $2, $3, $4, $5)
+               ON CONFLICT (user_id) DO UPDATE SET timezone = $2, heartbeats_enabled = $3,
+                   quiet_hours = $4, updated_at = $5""",
+            e.user_id,
+            e.timezone,
+            e.heartbeats_enabled,
+            quiet,
+            e.timestamp,
         )
-        timezone = profile["timezone"] if profile else "UTC"
-        enabled_by_user = bool(profile["heartbeats_enabled"]) if profile else False
-        slot = (
-            compute_next(event.originator_id, event.schedule_cron, timezone, 1, now)
-            if enabled_by_user
-            else None
+        rows = await conn.fetch(
+            """UPDATE jobs SET timezone = $2, heartbeats_enabled = $3, quiet_hours = $4,
+                   updated_at = $5
+               WHERE user_id = $1 RETURNING job_id""",
+            e.user_id,
+            e.timezone,
+            e.heartbeats_enabled,
+            quiet,
+            e.timestamp,
+        )
+        for row in rows:
+            await self._reschedule(conn, row["job_id"], now)
+
+    async def _job_created(self, conn: asyncpg.Connection, e: Any, now: datetime) -> None:
+        profile = await conn.fetchrow(
+            "SELECT timezone, heartbeats_enabled, quiet_hours FROM profiles WHERE user_id = $1",
+            e.user_id,
         )
         await conn.execute(
             """INSERT INTO jobs (job_id, user_id, job_type, schedule_cron, schedule_version,
-                   channel, timezone, enabled, heartbeats_enabled, next_fire_at, slot_key,
-                   local_time, created_at, updated_at)
-               VALUES ($1, $2, $3, $4, 1, $5, $6, true, $7, $8, $9, $10, $11, $11)
+                   channel, timezone, quiet_hours, enabled, heartbeats_enabled, created_at,
+                   updated_at)
+               VALUES ($1, $2, $3, $4, 1, $5, $6, $7, true, $8, $9, $9)
                ON CONFLICT (job_id) DO NOTHING""",
-            event.originator_id,
-            event.user_id,
-            event.job_type,
-            event.schedule_cron,
-            json.dumps(event.channel),
-            timezone,
-            enabled_by_user,
+            e.originator_id,
+            e.user_id,
+            e.job_type,
+            e.schedule_cron,
+            json.dumps(e.channel),
+            profile["timezone"] if profile else "UTC",
+            profile["quiet_hours"] if profile else None,
+            bool(profile["heartbeats_enabled"]) if profile else False,
+            e.timestamp,
+        )
+        await self._reschedule(conn, e.originator_id, now)
+
+    async def _reschedule(self, conn: asyncpg.Connection, job_id: UUID, now: datetime) -> None:
+        row = await conn.fetchrow(
+            """SELECT schedule_cron, schedule_version, timezone, enabled, deleted,
+                      heartbeats_enabled FROM jobs WHERE job_id = $1""",
+            job_id,
+        )
+        if row is None:
+            return
+        active = row["enabled"] and not row["deleted"] and row["heartbeats_enabled"]
+        slot = (
+            compute_next(
+                job_id, row["schedule_cron"], row["timezone"], row["schedule_version"], now
+            )
+            if active
+            else None
+        )
+        await conn.execute(
+            """UPDATE jobs SET slot_at = $2, next_fire_at = $3, slot_key = $4, local_time = $5
+               WHERE job_id = $1""",
+            job_id,
             slot.at if slot else None,
+            slot.at + stagger(job_id, self.stagger_max) if slot else None,
             slot.key if slot else None,
             slot.local_iso if slot else None,
-            event.timestamp,
         )
+
+
+@dataclass
+class TickResult:
+    claimed: int = 0
+    emitted: int = 0
+    missed_jobs: int = 0
 
 
 class Ticker:
@@ -178,6 +250,9 @@ class Ticker:
         job_types: list[str],
         batch: int,
         max_sleep: float,
+        misfire_grace: timedelta,
+        stagger_max: float,
+        record_missed: Callable[[list[MissedSlots]], Awaitable[int]],
         registry: CollectorRegistry,
     ) -> None:
         self.pool = pool
@@ -185,15 +260,24 @@ class Ticker:
         self.job_types = job_types
         self.batch = batch
         self.max_sleep = max_sleep
+        self.grace = misfire_grace
+        self.stagger_max = stagger_max
+        self.record_missed = record_missed
         self._wake = asyncio.Event()
         self.emitted = Counter(
             "liteclaw_scheduler_slots_emitted_total", "SlotDue events published", registry=registry
+        )
+        self.missed = Counter(
+            "liteclaw_scheduler_slots_missed_total",
+            "Slots recorded as skippedMissed (older than MISFIRE_GRACE)",
+            registry=registry,
         )
         self.tick_seconds = Histogram(
             "liteclaw_scheduler_tick_seconds",
             "Time of one tick that found due slots",
             registry=registry,
         )
+        self.last_tick_ok: datetime | None = None
 
     def wake(self) -> None:
         self._wake.set()
@@ -201,7 +285,7 @@ class Ticker:
     async def run(self) -> None:
         while True:
             try:
-                emitted = await self.tick()
+                result = await self.tick()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # database or broker down: retry, never die
@@ -210,9 +294,20 @@ class Ticker:
                 )
                 await asyncio.sleep(self.max_sleep)
                 continue
-            if emitted >= self.batch:
+            if result.claimed >= self.batch:
                 continue  # more is due right now
             await self._sleep_until_next_due()
+
+    async def drain(self) -> TickResult:
+        """Tick until nothing is due (for `liteclaw heartbeat run`)."""
+        total = TickResult()
+        while True:
+            result = await self.tick()
+            total.claimed += result.claimed
+            total.emitted += result.emitted
+            total.missed_jobs += result.missed_jobs
+            if result.claimed < self.batch:
+                return total
 
     async def _sleep_until_next_due(self) -> None:
         self._wake.clear()
@@ -235,13 +330,14 @@ class Ticker:
         except TimeoutError:
             pass
 
-    async def tick(self, now: datetime | None = None) -> int:
-        """Publish every slot due at ``now`` (up to one batch); return how many."""
+    async def tick(self, now: datetime | None = None) -> TickResult:
+        """Publish the slots due at ``now`` (up to one batch)."""
         now = now or datetime.now(UTC)
+        result = TickResult()
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
                 """SELECT job_id, user_id, job_type, schedule_cron, schedule_version, channel,
-                          timezone, next_fire_at, slot_key, local_time
+                          timezone, quiet_hours, slot_at, slot_key, local_time
                    FROM jobs
                    WHERE next_fire_at <= $1 AND job_type = ANY($2::text[])
                    ORDER BY next_fire_at
@@ -252,50 +348,114 @@ class Ticker:
                 self.batch,
             )
             if not rows:
-                return 0
+                self.last_tick_ok = now
+                return result
+            result.claimed = len(rows)
             with self.tick_seconds.time():
-                for start in range(0, len(rows), PUBLISH_CONCURRENCY):
-                    chunk = rows[start : start + PUBLISH_CONCURRENCY]
-                    await asyncio.gather(*(self._publish(row) for row in chunk))
+                to_emit: list[tuple[asyncpg.Record, Slot]] = []
+                missed: list[MissedSlots] = []
                 updates = []
                 for row in rows:
-                    # The next slot after the one just fired; if the scheduler fell behind,
-                    # do not replay every missed slot: continue from now.
-                    after = max(row["next_fire_at"], now)
-                    slot = compute_next(
-                        row["job_id"],
-                        row["schedule_cron"],
-                        row["timezone"],
-                        row["schedule_version"],
-                        after,
-                    )
+                    emit, passed_over, capped, nxt = self._plan(row, now)
+                    if emit is not None:
+                        to_emit.append((row, emit))
+                    if passed_over:
+                        missed.append(
+                            MissedSlots.record(row["job_id"], row["user_id"], passed_over, capped)
+                        )
                     updates.append(
                         (
                             row["job_id"],
-                            slot.at if slot else None,
-                            slot.key if slot else None,
-                            slot.local_iso if slot else None,
+                            nxt.at if nxt else None,
+                            nxt.at + stagger(row["job_id"], self.stagger_max) if nxt else None,
+                            nxt.key if nxt else None,
+                            nxt.local_iso if nxt else None,
                         )
                     )
+                # Missed records first: their ids are deterministic, so a retry after a
+                # crash records nothing twice.
+                if missed:
+                    await self.record_missed(missed)
+                for start in range(0, len(to_emit), PUBLISH_CONCURRENCY):
+                    chunk = to_emit[start : start + PUBLISH_CONCURRENCY]
+                    await asyncio.gather(*(self._publish(row, slot) for row, slot in chunk))
                 await conn.executemany(
-                    "UPDATE jobs SET next_fire_at = $2, slot_key = $3, local_time = $4 "
-                    "WHERE job_id = $1",
+                    "UPDATE jobs SET slot_at = $2, next_fire_at = $3, slot_key = $4, "
+                    "local_time = $5 WHERE job_id = $1",
                     updates,
                 )
-            self.emitted.inc(len(rows))
-            return len(rows)
+            result.emitted = len(to_emit)
+            result.missed_jobs = len(missed)
+        self.emitted.inc(result.emitted)
+        self.missed.inc(sum(m.count for m in missed))
+        self.last_tick_ok = now
+        return result
 
-    async def _publish(self, row: asyncpg.Record) -> None:
+    def _plan(
+        self, row: asyncpg.Record, now: datetime
+    ) -> tuple[Slot | None, list[Slot], bool, Slot | None]:
+        """For a due row: the slot to emit, the slots it passes over as missed (and
+        whether that list was capped), and the row's next slot."""
+        slot = Slot(row["slot_key"], row["slot_at"], datetime.fromisoformat(row["local_time"]))
+        nxt = compute_next(
+            row["job_id"], row["schedule_cron"], row["timezone"], row["schedule_version"], slot.at
+        )
+        if nxt is None or nxt.at > now:
+            # The common case: exactly one slot is due.
+            if now - slot.at <= self.grace:
+                return slot, [], False, nxt
+            return None, [slot], False, nxt
+        # Several slots are due at once (an outage, or a lagging scheduler): emit only
+        # the latest one still inside the grace window and write down the rest.
+        passed, capped = self._slots_between(row, slot.at, now)
+        everything = [slot, *passed]
+        if capped:
+            # The count stopped early: look for the latest fresh slot from the window's
+            # start instead of walking the whole outage.
+            everything += [
+                s
+                for s in self._slots_between(row, now - self.grace, now)[0]
+                if s.at > everything[-1].at
+            ]
+        fresh = [s for s in everything if now - s.at <= self.grace]
+        emit = fresh[-1] if fresh else None
+        after = everything[-1].at
+        nxt = compute_next(
+            row["job_id"], row["schedule_cron"], row["timezone"], row["schedule_version"], after
+        )
+        return emit, [s for s in everything if s is not emit], capped, nxt
+
+    def _slots_between(
+        self, row: asyncpg.Record, after: datetime, until: datetime
+    ) -> tuple[list[Slot], bool]:
+        out: list[Slot] = []
+        for s in iter_slots(
+            _spec(row["schedule_cron"]),
+            parse_zone(row["timezone"]),
+            after,
+            job_id=row["job_id"],
+            schedule_version=row["schedule_version"],
+        ):
+            if s.at > until:
+                return out, False
+            out.append(s)
+            if len(out) >= MISSED_COUNT_CAP:
+                return out, True
+        return out, False
+
+    async def _publish(self, row: asyncpg.Record, slot: Slot) -> None:
+        quiet = row["quiet_hours"]
         event = SlotDue(
-            slot_key=row["slot_key"],
+            slot_key=slot.key,
             job_id=row["job_id"],
             user_id=row["user_id"],
             job_type=row["job_type"],
             schedule_version=row["schedule_version"],
-            scheduled_for=row["next_fire_at"],
-            local_time=row["local_time"],
+            scheduled_for=slot.at,
+            local_time=slot.local_iso,
             timezone=row["timezone"],
             channel=json.loads(row["channel"]),
+            quiet_hours=json.loads(quiet) if quiet else None,
         )
         with tracer.start_as_current_span(
             "scheduler.slot_due",

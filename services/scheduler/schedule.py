@@ -96,7 +96,16 @@ class CronSpec:
                 field, "hash (H), last (L) and nth-weekday (#) fields are not supported"
             )
         has_seconds = len(fields) == 6
-        hour = fields[2] if has_seconds else fields[1]
+        minute_hour_dom_month_dow = fields[1:] if has_seconds else fields
+        hour = minute_hour_dom_month_dow[1]
+        dom, dow = minute_hour_dom_month_dow[2], minute_hour_dom_month_dow[4]
+        if dom not in ("*", "?") and dow not in ("*", "?"):
+            # Vixie cron fires when EITHER field matches, which is rarely what is meant.
+            raise ScheduleError(
+                field,
+                "ambiguous: both day-of-month and day-of-week are restricted (cron would fire "
+                "when either matches); set one of them to *",
+            )
         try:
             croniter(text, datetime(2026, 1, 1), second_at_beginning=has_seconds)
         except (CroniterBadCronError, ValueError, KeyError) as exc:

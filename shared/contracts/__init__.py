@@ -60,7 +60,7 @@ class Event(BaseModel):
 
 
 class WebhookChannel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True)
     type: Literal["webhook"] = "webhook"
     url: Annotated[str, Field(pattern=r"^https?://", max_length=2048)]
     secret: Annotated[
@@ -68,16 +68,18 @@ class WebhookChannel(BaseModel):
         Field(
             min_length=8,
             max_length=512,
-            description="Standard Webhooks signing secret, `whsec_<base64>` or raw text.",
+            description="Standard Webhooks signing secret: `whsec_` + base64 of >= 16 bytes.",
         ),
     ]
 
     @field_validator("secret")
     @classmethod
     def _base64_secret(cls, value: str) -> str:
+        if not value.startswith("whsec_"):
+            raise ValueError("must be 'whsec_' followed by base64 (Standard Webhooks)")
         raw = value.removeprefix("whsec_")
         try:
-            decoded = base64.b64decode(raw + "==", validate=True)
+            decoded = base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True)
         except (binascii.Error, ValueError):
             raise ValueError("must be 'whsec_' followed by base64 (Standard Webhooks)") from None
         if len(decoded) < 16:
@@ -86,7 +88,7 @@ class WebhookChannel(BaseModel):
 
 
 class TelegramChannel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True)
     type: Literal["telegram"] = "telegram"
     chat_id: Annotated[str, Field(min_length=1, max_length=64)]
 
@@ -123,6 +125,14 @@ class ServiceStarted(Event):
 # --- scheduler ------------------------------------------------------------------------
 
 
+class QuietHours(BaseModel):
+    """A local wall-clock window (HH:MM, may wrap midnight) with no heartbeats."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    start: Annotated[str, Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")]
+    end: Annotated[str, Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")]
+
+
 class ProfileUpdated(Event):
     SERVICE: ClassVar[str] = "scheduler"
     NAME: ClassVar[str] = "profile_updated"
@@ -130,6 +140,7 @@ class ProfileUpdated(Event):
     user_id: str
     timezone: str
     heartbeats_enabled: bool
+    quiet_hours: QuietHours | None = None
 
 
 class HeartbeatJobCreated(Event):
@@ -145,15 +156,18 @@ class HeartbeatJobCreated(Event):
 
 
 class HeartbeatJobUpdated(Event):
+    """One change to a job; only the fields of that change are set."""
+
     SERVICE: ClassVar[str] = "scheduler"
     NAME: ClassVar[str] = "heartbeat_job_updated"
     type: Literal["HeartbeatJobUpdated"] = "HeartbeatJobUpdated"
     job_id: UUID
     user_id: str
-    schedule_version: int
-    schedule_cron: str
-    channel: ChannelSummary
-    enabled: bool
+    change: Literal["schedule", "channel", "enabled", "disabled"]
+    schedule_cron: str | None = None
+    schedule_version: int | None = None
+    channel: ChannelSummary | None = None
+    enabled: bool | None = None
 
 
 class HeartbeatJobDeleted(Event):
@@ -179,11 +193,30 @@ class SlotDue(Event):
     local_time: str = Field(description="The slot's local date-time with its UTC offset.")
     timezone: str
     channel: Channel
+    quiet_hours: QuietHours | None = None
 
     @field_validator("scheduled_for")
     @classmethod
     def _utc(cls, value: datetime) -> datetime:
         return value.astimezone(UTC)
+
+
+class SlotsMissed(Event):
+    """Slots of one job that came due while no scheduler ran, older than the misfire
+    grace window: recorded ``skippedMissed``, one event per job and outage."""
+
+    SERVICE: ClassVar[str] = "scheduler"
+    NAME: ClassVar[str] = "slots_missed"
+    type: Literal["SlotsMissed"] = "SlotsMissed"
+    reason: Literal["skippedMissed"] = "skippedMissed"
+    job_id: UUID
+    user_id: str
+    count: int
+    count_is_lower_bound: bool = False
+    first_slot_key: str
+    last_slot_key: str
+    first_scheduled_for: AwareDatetime
+    last_scheduled_for: AwareDatetime
 
 
 # --- heartbeat ------------------------------------------------------------------------
@@ -239,6 +272,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     HeartbeatJobUpdated,
     HeartbeatJobDeleted,
     SlotDue,
+    SlotsMissed,
     HeartbeatSent,
     HeartbeatFailed,
     HeartbeatSkipped,
@@ -251,6 +285,7 @@ AnyEvent = Annotated[
     | HeartbeatJobUpdated
     | HeartbeatJobDeleted
     | SlotDue
+    | SlotsMissed
     | HeartbeatSent
     | HeartbeatFailed
     | HeartbeatSkipped,
