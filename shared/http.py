@@ -55,11 +55,14 @@ def install_error_handlers(app: FastAPI) -> None:
         errors = []
         for err in exc.errors():
             reason = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+            field = _field_name(err.get("loc", ()))
             if err.get("type") == "json_invalid":
+                # pydantic locates a JSON syntax error by character offset; name the body.
                 reason = f"malformed JSON: {err.get('ctx', {}).get('error', 'cannot parse')}"
+                field = "body"
             elif tuple(err.get("loc", ())) == ("body",):
                 reason = "the request body must be a JSON object (Content-Type: application/json)"
-            errors.append({"field": _field_name(err.get("loc", ())), "reason": reason})
+            errors.append({"field": field, "reason": reason})
         return JSONResponse(status_code=422, content={"error": "invalid_request", "errors": errors})
 
     @app.exception_handler(ApiError)

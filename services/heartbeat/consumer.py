@@ -45,7 +45,7 @@ from services.heartbeat.domain import (
     Delivery,
     delivery_id,
 )
-from services.heartbeat.group_commit import GroupCommitter
+from services.heartbeat.group_commit import Coalescer, GroupCommitter
 from shared.contracts import DeadLetter, QuietHours, SlotDue, dlq_subject
 
 log = logging.getLogger(__name__)
@@ -98,6 +98,9 @@ class SlotDueConsumer:
         # loop instead of a trip through the synchronous recorder's thread pool.
         self.events_table = events_table
         self.committer = committer
+        # Hundreds of handlers run at once: answer their lookups a batch per query.
+        self._outcome_lookup: Coalescer[str, bool] = Coalescer(self._have_outcomes)
+        self._state_lookup: Coalescer[SlotDue, str | None] = Coalescer(self._disabled_reasons)
         self.broker = broker
         self.sender = sender
         self.template = template
@@ -107,6 +110,13 @@ class SlotDueConsumer:
             "liteclaw_heartbeat_outcomes_total",
             "Heartbeat decisions by runbook name (sent, failed, skipped*)",
             ["outcome"],
+            registry=registry,
+        )
+        self.phase = Histogram(
+            "liteclaw_heartbeat_phase_seconds",
+            "Time spent per message in each phase of a decision",
+            ["phase"],
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=registry,
         )
         self.lateness = Histogram(
@@ -141,13 +151,21 @@ class SlotDueConsumer:
             )
             await msg.nack(delay=delay)
 
-    async def _has_outcome(self, slot_key: str) -> bool:
+    async def _have_outcomes(self, slot_keys: list[str]) -> list[bool]:
+        ids = [delivery_id(k) for k in slot_keys]
         async with self.pool.acquire() as conn:
-            found = await conn.fetchval(
-                f"SELECT 1 FROM {self.events_table} WHERE originator_id = $1 LIMIT 1",  # noqa: S608
-                delivery_id(slot_key),
+            rows = await conn.fetch(
+                f"SELECT DISTINCT originator_id FROM {self.events_table} "  # noqa: S608
+                "WHERE originator_id = ANY($1::uuid[])",
+                ids,
             )
-        return found is not None
+        found = {r["originator_id"] for r in rows}
+        return [i in found for i in ids]
+
+    async def _disabled_reasons(self, slots: list[SlotDue]) -> list[str | None]:
+        return await job_state.disabled_reasons(
+            self.pool, [(slot.job_id, slot.user_id) for slot in slots]
+        )
 
     async def _decide(self, msg: NatsMessage, slot: SlotDue, deliveries: int) -> None:
         fields: dict[str, Any] = {
@@ -157,7 +175,9 @@ class SlotDueConsumer:
             "scheduled_for": slot.scheduled_for.isoformat(),
             "deliveries": deliveries,
         }
-        if await self._has_outcome(slot.slot_key):
+        with self.phase.labels("lookup").time():
+            duplicate = await self._outcome_lookup.submit(slot.slot_key)
+        if duplicate:
             self._decision(SKIPPED_DUPLICATE, fields)
             await msg.ack()
             return
@@ -166,7 +186,8 @@ class SlotDueConsumer:
             self._decision(SKIPPED_NOT_DUE, {**fields, "due_in_s": round(ahead, 3)})
             await msg.nack(delay=ahead)
             return
-        skip, detail = await self._skip_reason(slot)
+        with self.phase.labels("state").time():
+            skip, detail = await self._skip_reason(slot)
         if skip:
             record = Delivery.skipped(
                 slot.slot_key, slot.job_id, slot.user_id, slot.scheduled_for, skip
@@ -174,9 +195,15 @@ class SlotDueConsumer:
             await self._record(msg, slot, record, skip, {**fields, "detail": detail})
             return
         text = self.template.render(slot)
-        with tracer.start_as_current_span(
-            "heartbeat.deliver",
-            attributes={"liteclaw.slot_key": slot.slot_key, "liteclaw.channel": slot.channel.type},
+        with (
+            tracer.start_as_current_span(
+                "heartbeat.deliver",
+                attributes={
+                    "liteclaw.slot_key": slot.slot_key,
+                    "liteclaw.channel": slot.channel.type,
+                },
+            ),
+            self.phase.labels("deliver").time(),
         ):
             result = await self.sender.deliver(slot, text)
         if result.ok:
@@ -203,7 +230,7 @@ class SlotDueConsumer:
             await self._dead_letter(msg, deliveries, reason=f"{result.error_class}: {result.error}")
 
     async def _skip_reason(self, slot: SlotDue) -> tuple[str | None, str]:
-        disabled = await job_state.disabled_reason(self.pool, slot.job_id, slot.user_id)
+        disabled = await self._state_lookup.submit(slot)
         if disabled:
             return SKIPPED_DISABLED, disabled
         if in_quiet_hours(slot.quiet_hours, slot.local_time):
@@ -222,7 +249,9 @@ class SlotDueConsumer:
         fields: dict[str, Any],
     ) -> bool:
         """Save the outcome, then ack. False when another delivery recorded it first."""
-        if not await self.committer.save(record):
+        with self.phase.labels("record").time():
+            new = await self.committer.save(record)
+        if not new:
             self._decision(SKIPPED_DUPLICATE, fields)
             await msg.ack()
             return False

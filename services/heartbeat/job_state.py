@@ -83,23 +83,33 @@ async def _job(
     )
 
 
-async def disabled_reason(pool: asyncpg.Pool, job_id: UUID, user_id: str) -> str | None:
-    """Why a slot of this job must not be delivered now, or None."""
+async def disabled_reasons(pool: asyncpg.Pool, keys: list[tuple[UUID, str]]) -> list[str | None]:
+    """For each (job, user): why its slot must not be delivered now, or None."""
     async with pool.acquire() as conn:
-        row = await conn.fetchrow(
-            """SELECT j.enabled, j.deleted, u.heartbeats_enabled
-               FROM (SELECT 1) AS one
-               LEFT JOIN job_state j ON j.job_id = $1
-               LEFT JOIN user_state u ON u.user_id = $2""",
-            job_id,
-            user_id,
-        )
-    if row is None:
-        return None
-    if row["deleted"]:
-        return "job deleted"
-    if row["enabled"] is False:
-        return "job disabled"
-    if row["heartbeats_enabled"] is False:
-        return "heartbeats paused by the user"
-    return None
+        jobs = {
+            r["job_id"]: r
+            for r in await conn.fetch(
+                "SELECT job_id, enabled, deleted FROM job_state WHERE job_id = ANY($1::uuid[])",
+                list({job for job, _ in keys}),
+            )
+        }
+        users = {
+            r["user_id"]: r["heartbeats_enabled"]
+            for r in await conn.fetch(
+                "SELECT user_id, heartbeats_enabled FROM user_state "
+                "WHERE user_id = ANY($1::text[])",
+                list({user for _, user in keys}),
+            )
+        }
+    reasons: list[str | None] = []
+    for job_id, user_id in keys:
+        job = jobs.get(job_id)
+        if job is not None and job["deleted"]:
+            reasons.append("job deleted")
+        elif job is not None and not job["enabled"]:
+            reasons.append("job disabled")
+        elif users.get(user_id) is False:
+            reasons.append("heartbeats paused by the user")
+        else:
+            reasons.append(None)
+    return reasons

@@ -1,0 +1,60 @@
+"""`make bench` / `python -m bench`: run the benchmarks and print and write their figures."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from bench import scenarios
+from bench.harness import RESULTS, say, write_result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Lite Claw benchmarks against real NATS, PostgreSQL and services. "
+        "Each writes bench/results/<name>.json; a summary goes to bench/results/summary.json.",
+    )
+    parser.add_argument(
+        "--only",
+        choices=["limits", "burst", "idle", "steady"],
+        action="append",
+        help="run only these (repeatable); default: all",
+    )
+    parser.add_argument("--burst-sizes", default="10000,50000", help="comma-separated N")
+    parser.add_argument("--idle-jobs", type=int, default=1_000_000)
+    parser.add_argument("--idle-seconds", type=float, default=30)
+    parser.add_argument("--steady-rate", type=int, default=200)
+    parser.add_argument("--steady-seconds", type=int, default=60)
+    args = parser.parse_args(argv)
+    chosen = args.only or ["limits", "burst", "idle", "steady"]
+    results: dict[str, object] = {}
+    if "limits" in chosen:
+        results["limits"] = scenarios.limits()
+    if "burst" in chosen:
+        for n in (int(x) for x in args.burst_sizes.split(",") if x):
+            results[f"burst_{n}"] = scenarios.burst(n)
+    if "idle" in chosen:
+        results["idle_cost"] = scenarios.idle(args.idle_jobs, seconds=args.idle_seconds)
+    if "steady" in chosen:
+        results["steady_lateness"] = scenarios.steady(args.steady_rate, args.steady_seconds)
+    limits = results.get("limits")
+    if isinstance(limits, dict):
+        for name, figures in results.items():
+            if name.startswith("burst_") and isinstance(figures, dict):
+                figures["fraction_of_jetstream_consume"] = round(
+                    figures["deliveries_per_s"] / limits["jetstream"]["consume_ack_per_s"], 3
+                )
+                figures["fraction_of_eventstore_batched_save"] = round(
+                    figures["deliveries_per_s"] / limits["eventstore"]["save_batched_per_s"], 3
+                )
+                write_result(name, figures)
+    say("\nsummary:")
+    say(json.dumps(results, indent=2, default=str))
+    (RESULTS / "summary.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
