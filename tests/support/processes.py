@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -94,6 +96,27 @@ def start_service(
     return service
 
 
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port_base() -> int:
+    """A base N whose ports N+1..N+5 are all free right now, chosen below Linux's ephemeral
+    range (32768-60999): ports there are handed out to every outgoing connection and by
+    ``free_port()``, so a base picked there can lose a port to one of them before the
+    service binds it (seen as "address already in use" on a loaded machine)."""
+    for _ in range(200):
+        base = random.randrange(20000, 32700, 10)
+        if all(_bindable(base + offset) for offset in range(1, 6)):
+            return base
+    raise RuntimeError("no free range of five ports found in 20001-32705")
+
+
 @dataclass
 class System:
     """`liteclaw up` running as a subprocess."""
@@ -114,18 +137,26 @@ class System:
         return {"Authorization": f"Bearer {self.endpoints['api_token']}"}
 
 
-def start_system(data_dir: Path, extra_env: dict[str, str] | None = None, timeout: float = 120) -> System:
+def start_system(
+    data_dir: Path, extra_env: dict[str, str] | None = None, timeout: float = 120
+) -> System:
     output = data_dir.parent / f"{data_dir.name}-up.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     for var in ("NATS_URL", "DATABASE_URL", "LITECLAW_API_TOKEN"):
         env.pop(var, None)
-    # A port base whose five ports are free right now.
-    port_base = free_port() // 10 * 10
-    port_base = min(port_base, 60000)
+    port_base = free_port_base()
     with open(output, "ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "liteclaw", "up", "--data-dir", str(data_dir),
-             "--port-base", str(port_base)],
+            [
+                sys.executable,
+                "-m",
+                "liteclaw",
+                "up",
+                "--data-dir",
+                str(data_dir),
+                "--port-base",
+                str(port_base),
+            ],
             env=env,
             cwd=ROOT,
             stdout=out,
