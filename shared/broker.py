@@ -103,10 +103,13 @@ def make_broker(
     service: str,
     tracer_provider: TracerProvider,
     registry: CollectorRegistry,
+    graceful_timeout: float = 15.0,
 ) -> NatsBroker:
     _normalise_fetch_timeouts()
     return NatsBroker(
         servers,
+        # On stop, in-flight handlers get this long to finish and ack.
+        graceful_timeout=graceful_timeout,
         name=f"liteclaw-{service}",
         # Keep reconnecting forever: a broker restart must not kill the service.
         max_reconnect_attempts=-1,

@@ -1,7 +1,7 @@
 """Structured logs: one JSON object per line on stderr, with the current trace id.
 
 A decision is logged as ``log.info("decision", extra={"fields": {...}})``; the fields
-land at the top level of the line so operators can grep ``"outcome":"failed"``.
+land at the top level of the line so operators can grep ``'"outcome": "failed"'``.
 """
 
 from __future__ import annotations

@@ -72,6 +72,7 @@ class ServiceRuntime:
             service=name,
             tracer_provider=self.tracer_provider,
             registry=self.registry,
+            graceful_timeout=settings.shutdown_grace,
         )
         self._application_factory = application_factory
         self._translate = translate
@@ -109,7 +110,9 @@ class ServiceRuntime:
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, *, record_start: bool = True) -> None:
+        """Open everything; ``record_start`` stores ServiceStarted (one-shot commands that
+        run from cron pass False, or every run would look like a restart)."""
         s = self.settings
         await asyncio.to_thread(ensure_schema, s.database_url, self.schema)
         self.pool = await asyncpg.create_pool(
@@ -144,15 +147,16 @@ class ServiceRuntime:
         await ensure_streams(s.nats_servers, s.stream_replicas)
         await self.broker.start()
         # Every start is an event: operators count restarts from ServiceStarted.
-        await self.store.save(
-            ServiceInstance(
-                service=self.name,
-                instance_id=s.instance_id,
-                pid=os.getpid(),
-                release=package_version(),
+        if record_start:
+            await self.store.save(
+                ServiceInstance(
+                    service=self.name,
+                    instance_id=s.instance_id,
+                    pid=os.getpid(),
+                    release=package_version(),
+                )
             )
-        )
-        self.started_total.inc()
+            self.started_total.inc()
         self.relay.wake()
         self._tasks = [asyncio.create_task(self._guard(self.relay.run))]
         self._tasks += [asyncio.create_task(self._guard(f.run)) for f in self.followers]
@@ -176,15 +180,19 @@ class ServiceRuntime:
 
     async def stop(self) -> None:
         log.info("service draining")
-        for fn in self._on_stop:
-            with contextlib.suppress(Exception):
-                await fn()
-        # Stop subscribers first: FastStream lets in-flight handlers finish and ack.
+        # Stop subscribers first: FastStream stops fetching and lets in-flight handlers
+        # finish and ack (up to SHUTDOWN_GRACE); only then close what they use.
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.broker.stop(), timeout=self.settings.shutdown_grace)
+            await asyncio.wait_for(self.broker.stop(), timeout=self.settings.shutdown_grace + 5)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        for fn in self._on_stop:
+            with contextlib.suppress(Exception):
+                await fn()
+        # Publish what the drained handlers recorded; whatever is left goes at next start.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.relay.pump(), timeout=5)
         self.tracer_provider.shutdown()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.pool.close(), timeout=5)

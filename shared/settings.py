@@ -51,7 +51,10 @@ class ServiceSettings(BaseSettings):
         0.5, gt=0, description="Seconds between relay polls of the event store when idle."
     )
     shutdown_grace: float = Field(
-        10.0, gt=0, description="Seconds to finish in-flight work on SIGTERM before exiting."
+        30.0,
+        gt=0,
+        description="Seconds in-flight work may take to finish and ack on SIGTERM; what is "
+        "still unacked then is redelivered to another instance.",
     )
 
     @field_validator("nats_url")
@@ -100,7 +103,12 @@ class HeartbeatSettings(ServiceSettings):
     delivery_deadline: float = Field(
         60.0, gt=0, description="Seconds all attempts of one delivery may take."
     )
-    max_deliver: int = Field(5, ge=1, description="JetStream redeliveries before dead-lettering.")
+    max_deliver: int = Field(
+        5,
+        ge=1,
+        description="Deliveries of an unparseable SlotDue before it is dead-lettered. "
+        "(Database outages are retried without limit: the slot must not be lost.)",
+    )
     telegram_api_base: str = Field(
         "https://api.telegram.org", description="Telegram Bot API base URL."
     )

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -226,8 +227,15 @@ class SlotDueConsumer:
             "error_class": result.error_class,
             "error": result.error,
         }
-        if await self._record(msg, slot, record, FAILED, {**fields, **extra}):
-            await self._dead_letter(msg, deliveries, reason=f"{result.error_class}: {result.error}")
+        reason = f"{result.error_class}: {result.error}"
+        await self._record(
+            msg,
+            slot,
+            record,
+            FAILED,
+            {**fields, **extra},
+            before_ack=lambda: self._dead_letter(msg, deliveries, reason=reason),
+        )
 
     async def _skip_reason(self, slot: SlotDue) -> tuple[str | None, str]:
         disabled = await self._state_lookup.submit(slot)
@@ -247,14 +255,21 @@ class SlotDueConsumer:
         record: Delivery,
         outcome: str,
         fields: dict[str, Any],
+        before_ack: Callable[[], Awaitable[None]] | None = None,
     ) -> bool:
-        """Save the outcome, then ack. False when another delivery recorded it first."""
+        """Save the outcome, then ack. False when another delivery recorded it first.
+        ``before_ack`` runs between the save and the ack (the dead letter of a failed
+        slot). If it raises, the message is redelivered and the duplicate path acks it:
+        that dead letter is then missing, but the failure is durable and its
+        HeartbeatFailed event still reaches the monitor."""
         with self.phase.labels("record").time():
             new = await self.committer.save(record)
         if not new:
             self._decision(SKIPPED_DUPLICATE, fields)
             await msg.ack()
             return False
+        if before_ack is not None:
+            await before_ack()
         self._decision(outcome, fields)
         self.lateness.observe(max(0.0, (datetime.now(UTC) - slot.scheduled_for).total_seconds()))
         self.on_recorded()

@@ -52,6 +52,13 @@ def build(settings: ServiceSettings) -> tuple[ServiceRuntime, list[APIRouter]]:
         registry=runtime.registry,
     )
 
+    unknown_total = Counter(
+        "liteclaw_events_unknown_total",
+        "Messages the monitor could not parse as a known contract, by subject",
+        ["subject"],
+        registry=runtime.registry,
+    )
+
     async def start() -> None:
         async with runtime.pool.acquire() as conn:
             await conn.execute(DDL)
@@ -71,7 +78,9 @@ def build(settings: ServiceSettings) -> tuple[ServiceRuntime, list[APIRouter]]:
             try:
                 event = parse_event(msg.body)
             except ValidationError:
-                # Not a contract this monitor knows (e.g. a newer type): count it by subject.
+                # Not a contract this monitor knows (e.g. a newer type): count it by
+                # subject so it is visible, and move on.
+                unknown_total.labels(msg.raw_message.subject).inc()
                 await msg.ack()
                 return
             async with runtime.pool.acquire() as conn:

@@ -118,7 +118,7 @@ async def run_once(settings: SchedulerSettings) -> TickResult:
     if problem:
         raise SystemExit(f"liteclaw heartbeat run: {problem}")
     runtime, _ = build(settings, run_ticker=False)
-    await runtime.start()
+    await runtime.start(record_start=False)
     try:
         ticker = _ticker(runtime, settings)
         result = await ticker.drain()

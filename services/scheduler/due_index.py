@@ -418,6 +418,21 @@ class Ticker:
             # crash records nothing twice.
             if missed:
                 await self.record_missed(missed)
+                for record in missed:
+                    log.warning(
+                        "slots missed",
+                        extra={
+                            "fields": {
+                                "outcome": "skippedMissed",
+                                "job_id": str(record.job_id),
+                                "user_id": record.user_id,
+                                "count": record.count,
+                                "count_is_lower_bound": record.count_is_lower_bound,
+                                "first_slot_key": record.first_slot_key,
+                                "last_slot_key": record.last_slot_key,
+                            }
+                        },
+                    )
             for start in range(0, len(to_emit), PUBLISH_CONCURRENCY):
                 chunk = to_emit[start : start + PUBLISH_CONCURRENCY]
                 await asyncio.gather(*(self._publish(row, slot) for row, slot in chunk))
