@@ -153,8 +153,11 @@ class Supervisor:
                 for child in self.children:
                     if child.name not in pending:
                         continue
-                    if child.proc and child.proc.poll() is not None:
+                    if child.proc is not None and child.proc.poll() is not None:
+                        # Died before it was ready: schedule one restart with backoff.
                         self._restart_later(child)
+                        child.proc = None
+                    if child.proc is None:
                         if time.monotonic() >= child.next_start_at:
                             self._spawn(child)
                         continue
@@ -192,12 +195,11 @@ class Supervisor:
     async def _supervise(self) -> None:
         while not self.stopping.is_set():
             for child in self.children:
-                if child.proc is None or child.proc.poll() is not None:
-                    if child.proc is not None and child.next_start_at <= child.started_at:
-                        self._restart_later(child)
-                        child.proc = None
-                    if child.proc is None and time.monotonic() >= child.next_start_at:
-                        self._spawn(child)
+                if child.proc is not None and child.proc.poll() is not None:
+                    self._restart_later(child)
+                    child.proc = None
+                if child.proc is None and time.monotonic() >= child.next_start_at:
+                    self._spawn(child)
             try:
                 await asyncio.wait_for(self.stopping.wait(), timeout=0.5)
             except TimeoutError:

@@ -70,15 +70,19 @@ class ServiceInstance(Aggregate):
 def save_each(app: Application, aggregates: list[Any]) -> list[bool]:
     """Save a batch in one write if possible; if any already exists (a duplicate id),
     nothing was written, so fall back to one write each. Returns, per aggregate, whether
-    it was new. Deterministic ids make this the durable dedup."""
+    it was new. Deterministic ids make this the durable dedup.
+
+    The pending events are collected once, up front: a failed save has already drained
+    them from the aggregates, so the fallback must save the collected events."""
+    batches = [aggregate.collect_events() for aggregate in aggregates]
     try:
-        app.save(*aggregates)
+        app.save(*(event for batch in batches for event in batch))
         return [True] * len(aggregates)
     except IntegrityError:
         results = []
-        for aggregate in aggregates:
+        for batch in batches:
             try:
-                app.save(aggregate)
+                app.save(*batch)
                 results.append(True)
             except IntegrityError:
                 results.append(False)

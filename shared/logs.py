@@ -51,6 +51,7 @@ def setup_logging(service: str, level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # FastStream and uvicorn log every message and request; keep them at warning so the
-    # decision lines stay readable.
-    for noisy in ("faststream", "faststream.access", "uvicorn.access", "nats"):
+    # decision lines stay readable. httpx logs every request URL at INFO, and a Telegram
+    # URL carries the bot token: it must never reach the log.
+    for noisy in ("faststream", "faststream.access", "uvicorn.access", "nats", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

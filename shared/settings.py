@@ -90,6 +90,14 @@ class SchedulerSettings(ServiceSettings):
         "(0: off). The slot key and the slot's nominal time do not change.",
     )
 
+    @field_validator("misfire_grace", mode="before")
+    @classmethod
+    def _plain_seconds(cls, value: object) -> object:
+        # MISFIRE_GRACE=900 means seconds, like every other duration setting here.
+        if isinstance(value, str) and value.strip().replace(".", "", 1).isdigit():
+            return float(value)
+        return value
+
     @property
     def job_types(self) -> list[str]:
         return [t.strip() for t in self.heartbeat_job_type.split(",") if t.strip()]

@@ -39,6 +39,13 @@ def job_type_problem(settings: SchedulerSettings) -> str | None:
 def build(
     settings: SchedulerSettings, *, run_ticker: bool = True
 ) -> tuple[ServiceRuntime, list[APIRouter]]:
+    runtime, ctx = _build(settings, run_ticker=run_ticker)
+    return runtime, [build_router(ctx)]
+
+
+def _build(
+    settings: SchedulerSettings, *, run_ticker: bool
+) -> tuple[ServiceRuntime, SchedulerContext]:
     runtime = ServiceRuntime(
         name="scheduler",
         settings=settings,
@@ -64,7 +71,7 @@ def build(
             stagger_max=settings.slot_stagger_max,
         )
         runtime.followers.append(projection)
-        ticker = _ticker(runtime, settings)
+        ticker = ctx.ticker = _ticker(runtime, settings)
         if not run_ticker:
             pass
         elif problem:
@@ -86,7 +93,7 @@ def build(
         )
 
     runtime.on_start(start)
-    return runtime, [build_router(ctx)]
+    return runtime, ctx
 
 
 def _ticker(runtime: ServiceRuntime, settings: SchedulerSettings) -> Ticker:
@@ -117,11 +124,10 @@ async def run_once(settings: SchedulerSettings) -> TickResult:
     problem = job_type_problem(settings)
     if problem:
         raise SystemExit(f"liteclaw heartbeat run: {problem}")
-    runtime, _ = build(settings, run_ticker=False)
+    runtime, ctx = _build(settings, run_ticker=False)
     await runtime.start(record_start=False)
     try:
-        ticker = _ticker(runtime, settings)
-        result = await ticker.drain()
+        result = await ctx.ticker.drain()
         await runtime.relay.catch_up()
         return result
     finally:

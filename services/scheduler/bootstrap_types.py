@@ -8,6 +8,7 @@ from uuid import UUID
 import asyncpg
 
 from services.scheduler.application import SchedulerApplication
+from services.scheduler.due_index import Ticker
 from services.scheduler.schedule import Slot
 from shared.eventstore import EventStore
 
@@ -18,3 +19,4 @@ class SchedulerContext:
     pool: asyncpg.Pool
     after_write: Callable[[], Awaitable[None]]
     next_slot: Callable[[UUID, str, str, int], Slot | None]
+    ticker: Ticker

@@ -238,6 +238,9 @@ class MissedSlots(Aggregate):
     @classmethod
     def record(cls, job_id: UUID, user_id: str, slots: list[Any], capped: bool) -> MissedSlots:
         first, last = slots[0], slots[-1]
+        # asyncpg hands out its own UUID subclass, which the event store's
+        # transcoder does not know: normalise at the aggregate boundary.
+        job_id = UUID(str(job_id))
         return cls._create(
             cls.Recorded,
             id=missed_id(job_id, first.key),

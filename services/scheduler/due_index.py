@@ -326,7 +326,9 @@ class Ticker:
                 raise
             except Exception as exc:  # database or broker down: retry, never die
                 log.warning(
-                    "tick failed; retrying", extra={"fields": {"error_class": type(exc).__name__}}
+                    "tick failed; retrying",
+                    extra={"fields": {"error_class": type(exc).__name__}},
+                    exc_info=True,
                 )
                 await asyncio.sleep(self.max_sleep)
                 continue
