@@ -34,7 +34,14 @@ from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from services.scheduler.domain import HeartbeatJob, MissedSlots, Profile
-from services.scheduler.schedule import CronSpec, Slot, iter_slots, next_slot, parse_zone
+from services.scheduler.schedule import (
+    CronSpec,
+    Slot,
+    continue_in_zone,
+    iter_slots,
+    next_slot,
+    parse_zone,
+)
 from shared.contracts import SlotDue, stream_name
 from shared.projection import Item, TrackedFollower
 
@@ -97,6 +104,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_at timestamptz NOT NULL,
     updated_at timestamptz NOT NULL
 );
+-- A slot made due at once by a timezone change (that day's heartbeat, moving east):
+-- fired even when older than the misfire grace window.
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS catch_up boolean NOT NULL DEFAULT false;
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs (next_fire_at) WHERE next_fire_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_user ON jobs (user_id);
 """
@@ -105,7 +115,9 @@ CREATE INDEX IF NOT EXISTS jobs_user ON jobs (user_id);
 class DueIndexProjection(TrackedFollower):
     """Profiles and jobs as the ticker needs them, rebuilt from the scheduler's events.
     Every change that can move a job's slots recomputes its next slot from now, so
-    changes move future slots only."""
+    changes move future slots only: a slot already due and not yet fired stays due.
+    A timezone change carries a fixed-time schedule on by the wall clock (see
+    ``continue_in_zone``), so that day's heartbeat is neither lost nor repeated."""
 
     name = "due_index"
 
@@ -179,9 +191,13 @@ class DueIndexProjection(TrackedFollower):
             e.timestamp,
         )
         rows = await conn.fetch(
-            """UPDATE jobs SET timezone = $2, heartbeats_enabled = $3, quiet_hours = $4,
+            """WITH old AS (
+                   SELECT job_id, timezone, local_time FROM jobs WHERE user_id = $1 FOR UPDATE
+               )
+               UPDATE jobs SET timezone = $2, heartbeats_enabled = $3, quiet_hours = $4,
                    updated_at = $5
-               WHERE user_id = $1 RETURNING job_id""",
+               FROM old WHERE jobs.job_id = old.job_id
+               RETURNING jobs.job_id, old.timezone AS old_timezone, old.local_time AS old_local""",
             e.user_id,
             e.timezone,
             e.heartbeats_enabled,
@@ -189,7 +205,10 @@ class DueIndexProjection(TrackedFollower):
             e.timestamp,
         )
         for row in rows:
-            await self._reschedule(conn, row["job_id"], now)
+            moved_from = (
+                row["old_local"] if row["old_timezone"] != e.timezone and row["old_local"] else None
+            )
+            await self._reschedule(conn, row["job_id"], now, moved_from=moved_from)
 
     async def _jobs_created(
         self, conn: asyncpg.Connection, events: list[Any], now: datetime
@@ -237,30 +256,50 @@ class DueIndexProjection(TrackedFollower):
             rows,
         )
 
-    async def _reschedule(self, conn: asyncpg.Connection, job_id: UUID, now: datetime) -> None:
+    async def _reschedule(
+        self, conn: asyncpg.Connection, job_id: UUID, now: datetime, moved_from: str | None = None
+    ) -> None:
+        """Recompute a job's next slot after a change. ``moved_from`` is the local time
+        of the slot it waited for, when the user's timezone changed."""
         row = await conn.fetchrow(
             """SELECT schedule_cron, schedule_version, timezone, enabled, deleted,
-                      heartbeats_enabled FROM jobs WHERE job_id = $1""",
+                      heartbeats_enabled, slot_at FROM jobs WHERE job_id = $1""",
             job_id,
         )
         if row is None:
             return
         active = row["enabled"] and not row["deleted"] and row["heartbeats_enabled"]
-        slot = (
-            compute_next(
+        pending = row["slot_at"] is not None and row["slot_at"] <= now
+        if active and pending and moved_from is None:
+            return  # already due, not yet fired: a past slot, which changes never move
+        catch_up = False
+        slot: Slot | None = None
+        if active and moved_from is not None:
+            slot, catch_up = continue_in_zone(
+                _spec(row["schedule_cron"]),
+                datetime.fromisoformat(moved_from),
+                parse_zone(row["timezone"]),
+                now,
+                job_id=job_id,
+                schedule_version=row["schedule_version"],
+            )
+        elif active:
+            slot = compute_next(
                 job_id, row["schedule_cron"], row["timezone"], row["schedule_version"], now
             )
-            if active
-            else None
-        )
+        fire_at = None
+        if slot is not None:
+            fire_at = now if catch_up else slot.at + stagger(job_id, self.stagger_max)
         await conn.execute(
-            """UPDATE jobs SET slot_at = $2, next_fire_at = $3, slot_key = $4, local_time = $5
+            """UPDATE jobs SET slot_at = $2, next_fire_at = $3, slot_key = $4, local_time = $5,
+                   catch_up = $6
                WHERE job_id = $1""",
             job_id,
             slot.at if slot else None,
-            slot.at + stagger(job_id, self.stagger_max) if slot else None,
+            fire_at,
             slot.key if slot else None,
             slot.local_iso if slot else None,
+            catch_up,
         )
 
 
@@ -382,7 +421,7 @@ class Ticker:
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
                 """SELECT job_id, user_id, job_type, schedule_cron, schedule_version, channel,
-                          timezone, quiet_hours, slot_at, slot_key, local_time
+                          timezone, quiet_hours, slot_at, slot_key, local_time, catch_up
                    FROM jobs
                    WHERE next_fire_at <= $1 AND job_type = ANY($2::text[])
                    ORDER BY next_fire_at
@@ -440,7 +479,7 @@ class Ticker:
                 await asyncio.gather(*(self._publish(row, slot) for row, slot in chunk))
             await conn.executemany(
                 "UPDATE jobs SET slot_at = $2, next_fire_at = $3, slot_key = $4, "
-                "local_time = $5 WHERE job_id = $1",
+                "local_time = $5, catch_up = false WHERE job_id = $1",
                 updates,
             )
             result.emitted = len(to_emit)
@@ -461,7 +500,7 @@ class Ticker:
         )
         if nxt is None or nxt.at > now:
             # The common case: exactly one slot is due.
-            if now - slot.at <= self.grace:
+            if now - slot.at <= self.grace or row["catch_up"]:
                 return slot, [], False, nxt
             return None, [slot], False, nxt
         # Several slots are due at once (an outage, or a lagging scheduler): emit only
@@ -476,7 +515,7 @@ class Ticker:
                 for s in self._slots_between(row, now - self.grace, now)[0]
                 if s.at > everything[-1].at
             ]
-        fresh = [s for s in everything if now - s.at <= self.grace]
+        fresh = [s for s in everything if now - s.at <= self.grace or row["catch_up"]]
         emit = fresh[-1] if fresh else None
         after = everything[-1].at
         nxt = compute_next(

@@ -247,3 +247,40 @@ def upcoming(
         if len(out) >= count:
             break
     return out
+
+
+def continue_in_zone(
+    spec: CronSpec,
+    next_local: datetime,
+    zone: ZoneInfo,
+    now: datetime,
+    *,
+    job_id: UUID | str,
+    schedule_version: int,
+) -> tuple[Slot | None, bool]:
+    """The next slot after the user moves to ``zone``, and whether it is a catch-up.
+
+    ``next_local`` is the local wall time of the slot the job was waiting for in its old
+    zone. A fixed-time schedule carries on by the wall clock: the next slot is the first
+    one in the new zone whose local time is not before ``next_local``, so that day's
+    heartbeat is neither repeated (moving west, where it already came) nor lost (moving
+    east, where its hour has already passed: it is then due at once, coalesced to the
+    latest such slot of the new zone's current local day). A slot of an earlier local day
+    is not caught up. A schedule that follows elapsed time simply goes on from ``now``.
+    """
+    if spec.follows_elapsed_time:
+        return next_slot(spec, zone, now, job_id=job_id, schedule_version=schedule_version), False
+    wall = next_local.replace(tzinfo=None)
+    # Start before the wall time's instant in the new zone (a day covers any offset
+    # change) and take the first slot whose wall time is not before it.
+    start = wall.replace(tzinfo=zone).astimezone(UTC) - timedelta(days=1)
+    today = now.astimezone(zone).date()
+    latest_past: Slot | None = None
+    for slot in iter_slots(spec, zone, start, job_id=job_id, schedule_version=schedule_version):
+        if slot.local.replace(tzinfo=None) < wall:
+            continue
+        if slot.at > now:
+            return (latest_past, True) if latest_past else (slot, False)
+        if slot.local.date() == today:
+            latest_past = slot
+    return (latest_past, True) if latest_past else (None, False)

@@ -329,10 +329,17 @@ def test_timezone_change_moves_next_fire_local_to_the_new_zone(
     assert daily["next_fire_local"] == expected.isoformat(), daily
     receiver.wait_for(lambda rs: len(rs) >= 2, WAIT)
 
+    waiting_for = api.listed(user)[daily["job_id"]]["next_fire_local"]
     api.profile(user, "Asia/Tokyo")
     changed_at = datetime.now(UTC)
     listed = api.listed(user)
-    expected = next_local("Asia/Tokyo", 9)
+    # A fixed-time schedule carries on by the wall clock: the first 09:00 in Tokyo that
+    # is not before the 09:00 London was waiting for (tests/faults/test_local_time.py
+    # covers the catch-up when that wall time has already passed in the new zone).
+    tokyo = ZoneInfo("Asia/Tokyo")
+    expected = at(waiting_for).replace(tzinfo=None).replace(tzinfo=tokyo)
+    if expected <= datetime.now(tokyo):
+        pytest.skip("at this time of day the move is a catch-up, covered in tests/faults")
     moved = listed[daily["job_id"]]
     assert moved["timezone"] == "Asia/Tokyo"
     assert moved["next_fire_local"] == expected.isoformat(), moved

@@ -24,6 +24,7 @@ from services.scheduler.schedule import (
     CronSpec,
     ScheduleError,
     Slot,
+    continue_in_zone,
     iter_slots,
     next_slot,
     parse_zone,
@@ -446,3 +447,83 @@ def test_after_in_another_offset_is_the_same_instant() -> None:
     b = slots("0 9 * * *", "Europe/Berlin", datetime(2026, 6, 1, 8, tzinfo=offset(-4)), 2)
     assert a == b
     assert a[0].at == utc(2026, 6, 2, 7, 0)  # 09:00 CEST (+02:00)
+
+
+# --- timezone change in the middle of a day ------------------------------------------
+
+
+def moved(cron: str, waiting_for: str, new_zone: str, now: datetime) -> tuple[Slot | None, bool]:
+    return continue_in_zone(
+        CronSpec.parse(cron),
+        datetime.fromisoformat(waiting_for),
+        parse_zone(new_zone),
+        now,
+        job_id=JOB,
+        schedule_version=VERSION,
+    )
+
+
+def test_moving_west_after_the_days_heartbeat_does_not_repeat_it() -> None:
+    # 10:00 in Berlin (09:00 UTC): today's 09:00 came; the job waits for tomorrow 09:00.
+    # It is 04:00 in New York, where 09:00 today is still ahead: it must not fire again.
+    slot, catch_up = moved(
+        "0 9 * * *", "2026-12-04T09:00:00+01:00", "America/New_York", utc(2026, 12, 3, 9)
+    )
+    assert slot is not None and not catch_up
+    assert slot.local.isoformat() == "2026-12-04T09:00:00-05:00"
+
+
+def test_moving_east_before_the_days_heartbeat_does_not_lose_it() -> None:
+    # 08:00 in New York (13:00 UTC): today's 09:00 has not come. In Berlin it is 14:00 and
+    # 09:00 has passed: that day's heartbeat is due at once, as a catch-up.
+    slot, catch_up = moved(
+        "0 9 * * *", "2026-12-03T09:00:00-05:00", "Europe/Berlin", utc(2026, 12, 3, 13)
+    )
+    assert slot is not None and catch_up
+    assert slot.local.isoformat() == "2026-12-03T09:00:00+01:00"
+    assert slot.at == utc(2026, 12, 3, 8)
+
+
+def test_moving_east_before_its_hour_waits_for_it_in_the_new_zone() -> None:
+    # 02:00 in New York (07:00 UTC), 08:00 in Berlin: 09:00 Berlin is still ahead.
+    slot, catch_up = moved(
+        "0 9 * * *", "2026-12-03T09:00:00-05:00", "Europe/Berlin", utc(2026, 12, 3, 7)
+    )
+    assert slot is not None and not catch_up
+    assert slot.at == utc(2026, 12, 3, 8)
+
+
+def test_moving_across_the_date_line_does_not_catch_up_an_earlier_local_day() -> None:
+    # 08:00 in Los Angeles on 3 December (16:00 UTC) is 01:00 on 4 December in Tokyo:
+    # 3 December's 09:00 in Tokyo is yesterday there, so the next slot is 4 December.
+    slot, catch_up = moved(
+        "0 9 * * *", "2026-12-03T09:00:00-08:00", "Asia/Tokyo", utc(2026, 12, 3, 16)
+    )
+    assert slot is not None and not catch_up
+    assert slot.local.isoformat() == "2026-12-04T09:00:00+09:00"
+
+
+def test_several_passed_slots_of_the_day_catch_up_only_the_latest() -> None:
+    slot, catch_up = moved(
+        "0 9,12 * * *", "2026-12-03T09:00:00-05:00", "Europe/Berlin", utc(2026, 12, 3, 13)
+    )
+    assert slot is not None and catch_up
+    assert slot.local.isoformat() == "2026-12-03T12:00:00+01:00"
+
+
+def test_elapsed_time_schedules_simply_go_on_from_now() -> None:
+    slot, catch_up = moved(
+        "*/15 * * * *", "2026-12-03T08:15:00-05:00", "Europe/Berlin", utc(2026, 12, 3, 13, 5)
+    )
+    assert slot is not None and not catch_up
+    assert slot.at == utc(2026, 12, 3, 13, 15)
+
+
+def test_moving_into_a_dst_gap_fires_at_the_end_of_the_gap() -> None:
+    # 02:30 does not exist in New York on 8 March 2026; the job moves there from Tokyo
+    # at 00:30 EST (05:30 UTC): it fires at 03:00 EDT.
+    slot, catch_up = moved(
+        "30 2 * * *", "2026-03-08T02:30:00+09:00", "America/New_York", utc(2026, 3, 8, 5, 30)
+    )
+    assert slot is not None and not catch_up
+    assert slot.local.isoformat() == "2026-03-08T03:00:00-04:00"
