@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import httpx
+import aiohttp
 from standardwebhooks import Webhook
 
 from shared.contracts import SlotDue, TelegramChannel, WebhookChannel
@@ -64,10 +64,10 @@ class Template:
         )
 
 
-def _classify(response: httpx.Response) -> None:
-    if response.is_success:
+def _classify(response: aiohttp.ClientResponse) -> None:
+    status = response.status
+    if 200 <= status < 300:
         return
-    status = response.status_code
     if status == 429 or status >= 500:
         retry_after = None
         header = response.headers.get("retry-after")
@@ -80,7 +80,7 @@ def _classify(response: httpx.Response) -> None:
 class Sender:
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        client: aiohttp.ClientSession,
         *,
         attempt_timeout: float,
         deadline: float,
@@ -118,10 +118,19 @@ class Sender:
                 await self._webhook(slot, slot.channel, text)
             elif isinstance(slot.channel, TelegramChannel):
                 await self._telegram(slot, slot.channel, text)
-        except httpx.TimeoutException as exc:
+        except TimeoutError as exc:  # aiohttp's timeouts are TimeoutError subclasses
             raise _Transient("Timeout", f"no answer within {self.attempt_timeout}s") from exc
-        except httpx.TransportError as exc:
-            raise _Transient(type(exc).__name__, "could not connect to receiver") from exc
+        except aiohttp.ClientConnectionError as exc:
+            # The class names the failure (ClientConnectorError: could not connect;
+            # ServerDisconnectedError: the receiver hung up); never the message, which
+            # can carry the request URL and, for Telegram, the bot token.
+            raise _Transient(type(exc).__name__, "could not reach the receiver") from exc
+        except aiohttp.ClientError as exc:
+            # A response that is not valid HTTP (ClientResponseError from the parser, e.g.
+            # a body after a 204) or a broken payload: the receiver's fault, not ours, and
+            # perhaps passing (a proxy restarting), so retried within the deadline and then
+            # recorded as failed, never left to the consumer's infrastructure retry.
+            raise _Transient(type(exc).__name__, "receiver sent an invalid response") from exc
 
     async def _webhook(self, slot: SlotDue, channel: WebhookChannel, text: str) -> None:
         body = json.dumps(
@@ -138,25 +147,29 @@ class Sender:
         )
         now = datetime.now(UTC)
         signature = Webhook(channel.secret).sign(slot.slot_key, now, body)
-        response = await self.client.post(
+        async with self.client.post(
             channel.url,
-            content=body,
+            data=body.encode(),
             headers={
                 "content-type": "application/json",
                 "webhook-id": slot.slot_key,
                 "webhook-timestamp": str(int(now.timestamp())),
                 "webhook-signature": signature,
             },
-            timeout=self.attempt_timeout,
-        )
-        _classify(response)
+            timeout=aiohttp.ClientTimeout(total=self.attempt_timeout),
+            allow_redirects=False,
+        ) as response:
+            await response.read()  # drain, so the connection goes back to the pool
+            _classify(response)
 
     async def _telegram(self, slot: SlotDue, channel: TelegramChannel, text: str) -> None:
         if not self.telegram_bot_token:
             raise _Permanent("ConfigurationError", "TELEGRAM_BOT_TOKEN is not set")
-        response = await self.client.post(
+        async with self.client.post(
             f"{self.telegram_api_base}/bot{self.telegram_bot_token}/sendMessage",
             json={"chat_id": channel.chat_id, "text": text},
-            timeout=self.attempt_timeout,
-        )
-        _classify(response)
+            timeout=aiohttp.ClientTimeout(total=self.attempt_timeout),
+            allow_redirects=False,
+        ) as response:
+            await response.read()
+            _classify(response)

@@ -16,6 +16,7 @@ from faststream.nats import ConsumerConfig, DeliverPolicy, JStream, NatsMessage,
 from prometheus_client import Counter
 from pydantic import ValidationError
 
+from shared.broker import message_handler
 from shared.contracts import SERVICES, parse_event, stream_name
 from shared.runtime import ServiceRuntime
 from shared.settings import ServiceSettings
@@ -74,6 +75,7 @@ def build(settings: ServiceSettings) -> tuple[ServiceRuntime, list[APIRouter]]:
             config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_wait=60),
             ack_policy=AckPolicy.MANUAL,
         )
+        @message_handler(runtime.broker)
         async def on_event(msg: NatsMessage) -> None:
             try:
                 event = parse_event(msg.body)

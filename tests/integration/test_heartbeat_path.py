@@ -251,6 +251,20 @@ class RetryAfterReceiver(WebhookReceiver):
         self._handler = _RetryAfterHandler
 
 
+class _InvalidHttpHandler(_WebhookHandler):
+    """Records the request, then answers with a status line that is not HTTP."""
+
+    def _answer(self, status: int, body: bytes = b"", content_type: str = "text/plain") -> None:
+        self.wfile.write(b"HTTP/1.1 two hundred OK\r\ncontent-length: 0\r\n\r\n")
+        self.wfile.flush()
+
+
+class InvalidHttpReceiver(WebhookReceiver):
+    def __init__(self) -> None:
+        super().__init__()
+        self._handler = _InvalidHttpHandler
+
+
 class _SlowHandler(_WebhookHandler):
     """Records the request, then takes far longer than DELIVERY_TIMEOUT to answer."""
 
@@ -449,6 +463,23 @@ def test_4xx_fails_at_once_and_is_dead_lettered_without_the_secret(env: Env, api
 
         time.sleep(1.0)  # a permanent failure is not retried
         assert len(receiver.requests) == 1
+
+
+def test_receiver_answering_invalid_http_is_retried_then_failed(env: Env, api: Api) -> None:
+    """An answer the HTTP client cannot parse is the receiver's fault: it is retried like
+    any transient error until DELIVERY_DEADLINE (10 s here), then recorded ``failed`` and
+    dead-lettered, never retried forever as if our own database were down."""
+    with InvalidHttpReceiver() as receiver:
+        slot = make_slot(webhook_channel(receiver))
+        publish_slot_due(env.nats_url, slot.model_dump_json().encode(), slot.slot_key)
+
+        item = api.wait_outcome(slot.job_id, slot.slot_key)
+        assert item["outcome"] == "failed", item
+        assert item["error_class"] == "ClientResponseError", item
+        assert item["attempts"] >= 2, item
+        assert len(receiver.requests) == item["attempts"]
+        [letter] = wait_dead_letters(env.nats_url, lambda m: slot.slot_key in m["payload"])
+        assert "ClientResponseError" in letter["reason"], letter
 
 
 def test_receiver_that_never_answers_in_time_fails_with_timeout(

@@ -118,7 +118,9 @@ class _WebhookHandler(_QuietHandler):
         body = self._read_body()
         headers = {k.lower(): v for k, v in self.headers.items()}
         status = receiver._record(self.command, self.path, headers, body)
-        self._answer(status, json.dumps({"status": status}).encode(), "application/json")
+        # 204 and 304 have no body (RFC 9110); a strict client rejects one that has.
+        body = b"" if status in (204, 304) else json.dumps({"status": status}).encode()
+        self._answer(status, body, "application/json")
 
     do_PUT = do_POST
 
