@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 
 from bench import scenarios
 from bench.harness import RESULTS, say, write_result
 
 
+def _terminate(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
         description="Lite Claw benchmarks against real NATS, PostgreSQL and services. "
-        "Each writes bench/results/<name>.json; a summary goes to bench/results/summary.json.",
+        "Each writes bench/results/<name>.json; bench/results/summary.json keeps the latest "
+        "figures of every benchmark run so far.",
     )
     parser.add_argument(
         "--only",
@@ -23,18 +29,30 @@ def main(argv: list[str] | None = None) -> int:
         help="run only these (repeatable); default: all",
     )
     parser.add_argument("--burst-sizes", default="10000,50000", help="comma-separated N")
+    parser.add_argument(
+        "--heartbeat-instances",
+        type=int,
+        default=1,
+        metavar="K",
+        help="heartbeat instances sharing the consumer in the burst runs (default 1); "
+        "results of K > 1 are written as burst_<N>_x<K>.json",
+    )
     parser.add_argument("--idle-jobs", type=int, default=1_000_000)
     parser.add_argument("--idle-seconds", type=float, default=30)
     parser.add_argument("--steady-rate", type=int, default=200)
     parser.add_argument("--steady-seconds", type=int, default=60)
     args = parser.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so every server and service a scenario started is
+    # stopped and its temporary directory removed.
+    signal.signal(signal.SIGTERM, _terminate)
     chosen = args.only or ["limits", "burst", "idle", "steady"]
     results: dict[str, object] = {}
     if "limits" in chosen:
         results["limits"] = scenarios.limits()
     if "burst" in chosen:
+        k = args.heartbeat_instances
         for n in (int(x) for x in args.burst_sizes.split(",") if x):
-            results[f"burst_{n}"] = scenarios.burst(n)
+            results[f"burst_{n}" if k == 1 else f"burst_{n}_x{k}"] = scenarios.burst(n, k)
     if "idle" in chosen:
         results["idle_cost"] = scenarios.idle(args.idle_jobs, seconds=args.idle_seconds)
     if "steady" in chosen:
@@ -52,9 +70,24 @@ def main(argv: list[str] | None = None) -> int:
                 write_result(name, figures)
     say("\nsummary:")
     say(json.dumps(results, indent=2, default=str))
-    (RESULTS / "summary.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    # The summary keeps the latest figures of every benchmark, so a partial run
+    # (--only) updates its own entries and leaves the others.
+    summary_file = RESULTS / "summary.json"
+    merged: dict[str, object] = {}
+    if summary_file.exists():
+        try:
+            merged = json.loads(summary_file.read_text())
+        except ValueError:
+            merged = {}
+    merged.update(results)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    summary_file.write_text(json.dumps(merged, indent=2, default=str) + "\n")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        say("interrupted: every server and service this run started is stopped")
+        sys.exit(130)

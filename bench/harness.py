@@ -83,12 +83,21 @@ class Stack:
             "PYTHONUNBUFFERED": "1",
         }
 
-    def start_service(self, name: str, extra_env: dict[str, str] | None = None) -> None:
+    def start_service(
+        self, name: str, extra_env: dict[str, str] | None = None, module: str | None = None
+    ) -> None:
+        """Start ``services.<module or name>`` and register it as ``name`` (``heartbeat-2``
+        names a second instance of the heartbeat)."""
         port = free_port()
         log = open(self.dir / f"{name}.log", "ab")
         proc = subprocess.Popen(
-            [sys.executable, "-m", f"services.{name}"],
-            env={**self.env, "SERVICE_PORT": str(port), **(extra_env or {})},
+            [sys.executable, "-m", f"services.{module or name}"],
+            env={
+                **self.env,
+                "SERVICE_PORT": str(port),
+                "INSTANCE_ID": f"bench-{name}",
+                **(extra_env or {}),
+            },
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
@@ -131,7 +140,11 @@ class Stack:
 
 
 @contextmanager
-def stack(services: tuple[str, ...] = ("scheduler", "heartbeat"), **env: str) -> Iterator[Stack]:
+def stack(
+    services: tuple[str, ...] = ("scheduler", "heartbeat"), heartbeats: int = 1, **env: str
+) -> Iterator[Stack]:
+    """Fresh servers and ``services``; ``heartbeats`` > 1 adds more heartbeat instances,
+    which share its durable consumer (``heartbeat-2``, ...)."""
     with tempfile.TemporaryDirectory(prefix="liteclaw-bench-") as tmp:
         base = Path(tmp)
         nats = LocalNats(base / "nats")
@@ -143,6 +156,9 @@ def stack(services: tuple[str, ...] = ("scheduler", "heartbeat"), **env: str) ->
         try:
             for name in services:
                 s.start_service(name, env)
+            if "heartbeat" in services:
+                for i in range(2, heartbeats + 1):
+                    s.start_service(f"heartbeat-{i}", env, module="heartbeat")
             yield s
         finally:
             for proc in s.services.values():
@@ -173,40 +189,65 @@ def receiver() -> Iterator[str]:
         proc.wait(10)
 
 
+def received_count(url: str) -> int:
+    """Distinct webhook-ids the receiver has seen (cheap: for polling)."""
+    return int(httpx.get(url + "/count", timeout=30).json()["keys"])
+
+
 def received(url: str) -> dict[str, list[float]]:
     data: dict[str, list[float]] = httpx.get(url + "/stats", timeout=30).json()
     return data
 
 
 class RssSampler:
-    """Peak resident memory per process, sampled in a thread."""
+    """Peak resident memory and CPU time per process, sampled in a thread. PostgreSQL
+    counts with its backends (the postmaster's children do the work)."""
 
     def __init__(self, pids: dict[str, int], every: float = 0.25) -> None:
         self.procs = {name: psutil.Process(pid) for name, pid in pids.items()}
         self.peak: dict[str, float] = dict.fromkeys(pids, 0.0)
+        # CPU seconds (user + system) per name and pid, first and last seen.
+        self._cpu_first: dict[str, dict[int, float]] = {name: {} for name in pids}
+        self._cpu_last: dict[str, dict[int, float]] = {name: {} for name in pids}
         self.every = every
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def _sample(self) -> None:
+        for name, proc in self.procs.items():
+            try:
+                members = [proc, *proc.children()] if name == "postgres" else [proc]
+                rss = 0.0
+                for member in members:
+                    rss += member.memory_info().rss / 2**20
+                    times = member.cpu_times()
+                    self._cpu_first[name].setdefault(member.pid, times.user + times.system)
+                    self._cpu_last[name][member.pid] = times.user + times.system
+            except psutil.Error:
+                continue
+            self.peak[name] = max(self.peak[name], rss)
+
     def _run(self) -> None:
         while not self._stop.is_set():
-            for name, proc in self.procs.items():
-                try:
-                    rss = proc.memory_info().rss / 2**20
-                    if name == "postgres":  # the postmaster's children do the work
-                        rss = sum(c.memory_info().rss for c in proc.children()) / 2**20 + rss
-                except psutil.Error:
-                    continue
-                self.peak[name] = max(self.peak[name], rss)
+            self._sample()
             self._stop.wait(self.every)
 
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU used per process between entering and leaving the sampler."""
+        return {
+            name: sum(last[pid] - self._cpu_first[name][pid] for pid in last)
+            for name, last in self._cpu_last.items()
+        }
+
     def __enter__(self) -> RssSampler:
+        self._sample()
         self._thread.start()
         return self
 
     def __exit__(self, *_: object) -> None:
         self._stop.set()
         self._thread.join()
+        self._sample()
 
     def result(self) -> dict[str, float]:
         return {name: round(v, 1) for name, v in self.peak.items()}

@@ -1,7 +1,9 @@
 """A minimal, fast HTTP/1.1 webhook receiver for benchmarks (keep-alive, asyncio
 protocol, no framework), run as its own process so it does not share an event loop with
 the measuring code. It records the first arrival time and the count of every
-`webhook-id`; `GET /stats` returns them as JSON.
+`webhook-id`; `GET /stats` returns them as JSON, and `GET /count` only how many keys and
+requests it has seen, which is what the benchmark polls while it waits (serialising every
+key once a second would steal CPU from the system under test).
 
 Signatures are not verified here (the test suite does that); this peer only has to be
 cheaper than the system it measures.
@@ -40,9 +42,15 @@ class Receiver(asyncio.Protocol):
             self.buffer = self.buffer[head_end + 4 + length :]
             self.handle(lines[0], headers)
 
+    requests = 0
+
     def handle(self, request_line: str, headers: dict[str, str]) -> None:
-        if request_line.startswith("GET /stats"):
-            body = json.dumps(self.seen).encode()
+        if request_line.startswith("GET /"):
+            if request_line.startswith("GET /count"):
+                counts = {"keys": len(self.seen), "requests": Receiver.requests}
+                body = json.dumps(counts).encode()
+            else:
+                body = json.dumps(self.seen).encode()
             self.transport.write(
                 b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
                 + str(len(body)).encode()
@@ -50,6 +58,7 @@ class Receiver(asyncio.Protocol):
                 + body
             )
             return
+        Receiver.requests += 1
         key = headers.get("webhook-id", "")
         entry = self.seen.get(key)
         if entry is None:

@@ -15,6 +15,7 @@ from bench.harness import (
     RssSampler,
     Stack,
     received,
+    received_count,
     receiver,
     register_jobs,
     say,
@@ -50,9 +51,10 @@ def _sent_twice(s: Stack) -> int:
     return int(rows[0][0])
 
 
-def burst(n: int) -> dict[str, Any]:
-    say(f"burst: {n} jobs due at the same second")
-    with stack() as s, receiver() as hook:
+def burst(n: int, heartbeats: int = 1) -> dict[str, Any]:
+    name = f"burst_{n}" if heartbeats == 1 else f"burst_{n}_x{heartbeats}"
+    say(f"burst: {n} jobs due at the same second, {heartbeats} heartbeat instance(s)")
+    with stack(heartbeats=heartbeats) as s, receiver() as hook:
         lead = 30 + n / 1500  # time to register and index the jobs
         due = (datetime.now(UTC) + timedelta(seconds=lead)).replace(microsecond=0)
         cron = f"{due.second} {due.minute} {due.hour} * * *"
@@ -65,9 +67,7 @@ def burst(n: int) -> dict[str, Any]:
             deadline = due.timestamp() + 180
             while time.time() < deadline:
                 time.sleep(1)
-                got = received(hook)
-                recorded = sum(_outcomes(s).values())
-                if len(got) >= n and recorded >= n:
+                if received_count(hook) >= n and sum(_outcomes(s).values()) >= n:
                     break
             time.sleep(2)  # catch stragglers and duplicates
         got = received(hook)
@@ -75,8 +75,10 @@ def burst(n: int) -> dict[str, Any]:
         duplicates = sum(int(v[1]) - 1 for v in got.values())
         outcomes = _outcomes(s)
         last = max(arrivals) if arrivals else float("nan")
+        cpu = {name: round(v, 1) for name, v in rss.cpu_seconds().items()}
         figures = {
             "n": n,
+            "heartbeat_instances": heartbeats,
             "seconds": round(last, 3),
             "deliveries_per_s": round(len(got) / last, 1) if arrivals and last > 0 else 0,
             "p50_lateness_s": summary(arrivals)["p50"],
@@ -88,6 +90,8 @@ def burst(n: int) -> dict[str, Any]:
             "missing": n - sum(outcomes.values()),
             "outcomes": outcomes,
             "peak_rss_mib": rss.result(),
+            "cpu_seconds": cpu,
+            "cpu_ms_per_slot": round(sum(cpu.values()) * 1000 / n, 3),
             "limits": TARGETS,
         }
     say(
@@ -96,7 +100,8 @@ def burst(n: int) -> dict[str, Any]:
         f"p99 {figures['p99_lateness_s']}s, duplicates {duplicates}, missing {figures['missing']}"
     )
     say(f"  peak RSS MiB: {figures['peak_rss_mib']}")
-    write_result(f"burst_{n}", figures)
+    say(f"  CPU seconds: {cpu} ({figures['cpu_ms_per_slot']} ms per slot, all processes)")
+    write_result(name, figures)
     return figures
 
 

@@ -163,6 +163,26 @@ def test_never_firing_cron_says_why(scheduler: Scheduler, client: httpx.Client) 
     assert "never fires" in body["errors"][0]["reason"]
 
 
+@pytest.mark.parametrize("cron", ["0 9 1 * 1", "0 0 9 13 * FRI"])
+def test_ambiguous_day_fields_are_refused(
+    scheduler: Scheduler, client: httpx.Client, cron: str
+) -> None:
+    """Restricting both day-of-month and day-of-week makes cron fire when *either*
+    matches (Vixie semantics), which is rarely meant: refused, naming the field."""
+    user = f"cron-{uuid.uuid4().hex[:8]}"
+    profile_for(client, user)
+    response = request_stores_nothing(
+        scheduler,
+        client,
+        "POST",
+        f"/v1/users/{user}/heartbeats",
+        json={"schedule_cron": cron, "channel": TELEGRAM},
+        headers=AUTH,
+    )
+    body = assert_invalid(response, "schedule_cron")
+    assert "ambiguous" in body["errors"][0]["reason"], body
+
+
 @pytest.mark.parametrize(
     "zone", ["Mars/Olympus_Mons", "+02:00", "-05:00", "UTC+2", "", " Europe/Berlin"]
 )
