@@ -73,11 +73,11 @@ class Supervisor:
         self.children: list[Child] = []
         self.stopping = asyncio.Event()
         self.env: dict[str, str] = {}
+        self.endpoints = self.data_dir / "endpoints.json"
 
     async def run(self) -> int:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        endpoints = self.data_dir / "endpoints.json"
-        endpoints.unlink(missing_ok=True)
+        self.endpoints.unlink(missing_ok=True)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stopping.set)
@@ -88,14 +88,14 @@ class Supervisor:
             self._spawn_all()
             if not await self._wait_ready():
                 return 1
-            self._write_endpoints(endpoints)
+            self._write_endpoints()
             self._print_table()
             say("ready (Ctrl-C to drain and stop)")
             await self._supervise()
             return 0
         finally:
             await self._shutdown()
-            endpoints.unlink(missing_ok=True)
+            self.endpoints.unlink(missing_ok=True)
 
     async def _start_servers(self) -> None:
         nats_url = os.environ.get("NATS_URL")
@@ -200,12 +200,17 @@ class Supervisor:
                     child.proc = None
                 if child.proc is None and time.monotonic() >= child.next_start_at:
                     self._spawn(child)
+                    assert child.proc is not None
+                    say(f"  {child.name} started again (pid {child.proc.pid})")
+                    # Keep the pids in endpoints.json true for operators and scripts.
+                    self._write_endpoints()
             try:
                 await asyncio.wait_for(self.stopping.wait(), timeout=0.5)
             except TimeoutError:
                 pass
 
-    def _write_endpoints(self, path: Path) -> None:
+    def _write_endpoints(self) -> None:
+        path = self.endpoints
         document = {
             "nats_url": self.env["NATS_URL"],
             "database_url": self.env["DATABASE_URL"],

@@ -833,3 +833,54 @@ def test_quiet_hours_skip_slots_in_the_users_local_time(
     assert all(i["attempts"] == 0 for i in items)
     time.sleep(1.0)
     assert receiver.requests == []
+
+
+# --- 7. templates -------------------------------------------------------------------------------
+
+
+def test_text_that_renders_empty_is_recorded_skipped_and_never_sent(
+    nats_server: LocalNats, database_url: str, log_dir: Path
+) -> None:
+    """An empty heartbeat is noise: it is recorded as skippedEmpty and nothing is sent."""
+    heartbeat = start_service(
+        "heartbeat",
+        nats_url=nats_server.url,
+        database_url=database_url,
+        log_dir=log_dir,
+        extra_env={"HEARTBEAT_TEMPLATE": "  \t "},
+    )
+    api = Api(heartbeat.url, heartbeat.url)
+    try:
+        with WebhookReceiver() as receiver:
+            slot = make_slot(webhook_channel(receiver))
+            publish_slot_due(nats_server.url, slot.model_dump_json().encode(), slot.slot_key)
+
+            item = api.wait_outcome(slot.job_id, slot.slot_key)
+            assert item["outcome"] == "skippedEmpty", item
+            assert item["attempts"] == 0, item
+            assert outcome_lines(heartbeat.log, slot.slot_key) == ["skippedEmpty"]
+            time.sleep(1.0)
+            assert receiver.requests == []
+    finally:
+        api.close()
+        heartbeat.stop()
+
+
+def test_invalid_template_stops_the_service_at_start_naming_the_setting(
+    nats_server: LocalNats, database_url: str, log_dir: Path
+) -> None:
+    heartbeat = start_service(
+        "heartbeat",
+        nats_url=nats_server.url,
+        database_url=database_url,
+        log_dir=log_dir,
+        extra_env={"HEARTBEAT_TEMPLATE": "Hello {name} at {local:%H:%M}"},
+        wait=False,
+    )
+    try:
+        code = heartbeat.proc.wait(60)
+    finally:
+        heartbeat.kill()
+    assert code != 0
+    output = heartbeat.log.read_text(errors="replace")
+    assert "HEARTBEAT_TEMPLATE" in output, output[-2000:]

@@ -34,6 +34,7 @@ import psycopg
 import pytest
 
 from liteclaw.localservers import LocalNats, LocalPostgres
+from services.scheduler.due_index import stagger
 from tests.support.processes import ROOT, TOKEN, ServiceProcess, start_service
 from tests.support.receivers import WebhookReceiver
 
@@ -670,3 +671,53 @@ def test_two_instances_fire_every_slot_exactly_once(
     items = api.wait_deliveries(job_id, lambda items: len(items) >= len(seen))
     assert {i["slot_key"] for i in items} == set(seen)
     assert {i["outcome"] for i in items} == {"sent"}
+
+
+# --- 12. stagger --------------------------------------------------------------------------------
+
+
+def test_stagger_delays_firing_by_the_jobs_own_offset_and_keeps_the_slot(
+    cluster: Cluster, receiver: WebhookReceiver
+) -> None:
+    """With SLOT_STAGGER_MAX, jobs due at the same instant fire at that instant plus an
+    offset that is a function of the job id alone; the slot (key, scheduled_for) stays
+    the nominal one, so a replay or another instance computes the same slot."""
+    bound = 3.0
+    api = cluster.api(cluster.start_scheduler(SLOT_STAGGER_MAX=str(bound)))
+    user = user_id("stagger")
+    api.profile(user)
+    # 1. Four jobs on the same every-five-seconds schedule: all due at the same instants.
+    jobs = [api.create_job(user, "*/5 * * * * *", webhook_channel(receiver)) for _ in range(4)]
+    offsets = {
+        job["job_id"]: stagger(uuid.UUID(job["job_id"]), bound).total_seconds() for job in jobs
+    }
+    assert len(set(offsets.values())) == 4, offsets
+
+    # 2. The due index fires each job at its nominal slot plus its own offset.
+    with psycopg.connect(cluster.infra.database_url) as conn:
+        rows = conn.execute(
+            "SELECT job_id, slot_at, next_fire_at, slot_key FROM scheduler.jobs WHERE user_id = %s",
+            (user,),
+        ).fetchall()
+    assert len(rows) == 4
+    for job_id, slot_at, next_fire_at, slot_key in rows:
+        assert (next_fire_at - slot_at).total_seconds() == pytest.approx(
+            offsets[str(job_id)], abs=0.001
+        )
+        assert slot_at.second % 5 == 0 and slot_at.microsecond == 0, slot_at
+        assert slot_key.startswith(f"{job_id}:v1:"), slot_key
+
+    # 3. Two slots of each job arrive, each no earlier than its nominal instant plus its
+    #    offset, under the nominal slot key and scheduled_for.
+    def two_each(requests: list[Any]) -> bool:
+        per_job = Counter(r.payload["job_id"] for r in requests)
+        return all(per_job[job_id] >= 2 for job_id in offsets)
+
+    receiver.wait_for(two_each, WAIT)
+    for request in receiver.requests:
+        job_id = request.payload["job_id"]
+        nominal = scheduled(request)
+        assert nominal.second % 5 == 0 and nominal.microsecond == 0, nominal
+        assert request.webhook_id == f"{job_id}:v1:{nominal.isoformat()}", request.webhook_id
+        fired_after = request.received_at - nominal.timestamp()
+        assert fired_after >= offsets[job_id] - 0.05, (job_id, fired_after, offsets[job_id])
