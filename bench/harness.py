@@ -79,7 +79,8 @@ class Stack:
             "NATS_URL": self.nats.url,
             "DATABASE_URL": self.pg.url,
             "LITECLAW_API_TOKEN": TOKEN,
-            "LOG_LEVEL": "WARNING",
+            # The production default: one JSON line per decision, written to a file.
+            "LOG_LEVEL": "INFO",
             "PYTHONUNBUFFERED": "1",
         }
 
@@ -189,9 +190,11 @@ def receiver() -> Iterator[str]:
         proc.wait(10)
 
 
-def received_count(url: str) -> int:
-    """Distinct webhook-ids the receiver has seen (cheap: for polling)."""
-    return int(httpx.get(url + "/count", timeout=30).json()["keys"])
+def received_count(url: str) -> dict[str, int]:
+    """How many distinct webhook-ids, requests and TCP connections the receiver has seen
+    (cheap: for polling)."""
+    counts: dict[str, int] = httpx.get(url + "/count", timeout=30).json()
+    return counts
 
 
 def received(url: str) -> dict[str, list[float]]:

@@ -20,9 +20,12 @@ import time
 class Receiver(asyncio.Protocol):
     seen: dict[str, list[float]] = {}
 
+    connections = 0
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport: asyncio.Transport = transport  # type: ignore[assignment]
         self.buffer = b""
+        Receiver.connections += 1
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -47,7 +50,11 @@ class Receiver(asyncio.Protocol):
     def handle(self, request_line: str, headers: dict[str, str]) -> None:
         if request_line.startswith("GET /"):
             if request_line.startswith("GET /count"):
-                counts = {"keys": len(self.seen), "requests": Receiver.requests}
+                counts = {
+                    "keys": len(self.seen),
+                    "requests": Receiver.requests,
+                    "connections": Receiver.connections,
+                }
                 body = json.dumps(counts).encode()
             else:
                 body = json.dumps(self.seen).encode()

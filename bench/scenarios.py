@@ -67,10 +67,11 @@ def burst(n: int, heartbeats: int = 1) -> dict[str, Any]:
             deadline = due.timestamp() + 180
             while time.time() < deadline:
                 time.sleep(1)
-                if received_count(hook) >= n and sum(_outcomes(s).values()) >= n:
+                if received_count(hook)["keys"] >= n and sum(_outcomes(s).values()) >= n:
                     break
             time.sleep(2)  # catch stragglers and duplicates
         got = received(hook)
+        connections = received_count(hook)["connections"]
         arrivals = [v[0] - due.timestamp() for v in got.values()]
         duplicates = sum(int(v[1]) - 1 for v in got.values())
         outcomes = _outcomes(s)
@@ -79,6 +80,7 @@ def burst(n: int, heartbeats: int = 1) -> dict[str, Any]:
         figures = {
             "n": n,
             "heartbeat_instances": heartbeats,
+            "receiver_connections": connections,
             "seconds": round(last, 3),
             "deliveries_per_s": round(len(got) / last, 1) if arrivals and last > 0 else 0,
             "p50_lateness_s": summary(arrivals)["p50"],

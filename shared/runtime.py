@@ -81,6 +81,7 @@ class ServiceRuntime:
         self.relay: Relay
         self._loops: list[Callable[[], Awaitable[None]]] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._on_drain: list[Callable[[float], Awaitable[None]]] = []
         self._on_stop: list[Callable[[], Awaitable[None]]] = []
         self._readiness_checks: dict[str, Callable[[], Awaitable[str]]] = {}
         self.followers: list[TrackedFollower] = []
@@ -100,6 +101,11 @@ class ServiceRuntime:
     def on_start(self, fn: Callable[[], Awaitable[None]]) -> None:
         """Runs once the pool and event store exist, before the broker starts."""
         self._on_start.append(fn)
+
+    def on_drain(self, fn: Callable[[float], Awaitable[None]]) -> None:
+        """Runs on shutdown once the subscribers stopped fetching, with the seconds left
+        to finish in-flight work (work a handler handed off to tasks of its own)."""
+        self._on_drain.append(fn)
 
     def on_stop(self, fn: Callable[[], Awaitable[None]]) -> None:
         self._on_stop.append(fn)
@@ -180,19 +186,30 @@ class ServiceRuntime:
 
     async def stop(self) -> None:
         log.info("service draining")
-        # Stop subscribers first: FastStream stops fetching and lets in-flight handlers
-        # finish and ack (up to SHUTDOWN_GRACE); only then close what they use.
+        grace = self.settings.shutdown_grace
+        # 1. Stop fetching: FastStream's subscribers stop and let running handlers finish
+        #    (up to SHUTDOWN_GRACE). The connection stays open for what follows.
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.broker.stop(), timeout=self.settings.shutdown_grace + 5)
+            await asyncio.wait_for(
+                asyncio.gather(*(sub.stop() for sub in self.broker.subscribers)),
+                timeout=grace + 5,
+            )
+        # 2. Work handed off by handlers finishes, is recorded and acked.
+        for drain in self._on_drain:
+            with contextlib.suppress(Exception):
+                await drain(grace)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for fn in self._on_stop:
             with contextlib.suppress(Exception):
                 await fn()
-        # Publish what the drained handlers recorded; whatever is left goes at next start.
+        # 3. Publish what the drained work recorded while the connection is still open;
+        #    whatever is left goes at the next start.
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.relay.pump(), timeout=5)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.broker.stop(), timeout=5)
         self.tracer_provider.shutdown()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.pool.close(), timeout=5)

@@ -6,8 +6,11 @@ one slot still share a ``trace_id``, at a fraction of the cost per message. With
 endpoint the SDK's sampler applies (``OTEL_TRACES_SAMPLER``, default: parent-based,
 always on).
 
-Context crosses NATS in message headers through FastStream's NatsTelemetryMiddleware,
-so a slot's trace runs from the scheduler's publish to the heartbeat's delivery.
+Context crosses NATS in message headers (W3C ``traceparent``): ``shared.broker``'s
+``message_headers`` puts it there, and a consumer continues the trace of the message it
+handles, so a slot's trace runs from the scheduler's publish to the heartbeat's
+delivery. FastStream's NatsTelemetryMiddleware records one span per consumed batch,
+linked to the traces of its messages.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ import logging
 
 import aiohttp
 from fastapi import APIRouter
-from faststream.middlewares import AckPolicy
-from faststream.nats import ConsumerConfig, DeliverPolicy, JStream, NatsMessage, PullSub
+from faststream.nats import ConsumerConfig, DeliverPolicy
+from nats.aio.msg import Msg
 from nats.js.api import AckPolicy as JsAckPolicy
 from pydantic import ValidationError
 
@@ -19,7 +19,7 @@ from services.heartbeat.consumer import SlotDueConsumer
 from services.heartbeat.deliveries import DeliveriesProjection
 from services.heartbeat.group_commit import GroupCommitter
 from services.heartbeat.translate import to_contract
-from shared.broker import message_handler
+from shared.broker import batch_subscriber
 from shared.contracts import SlotDue, parse_event, stream_name
 from shared.runtime import ServiceRuntime
 from shared.settings import HeartbeatSettings
@@ -75,6 +75,8 @@ def build(settings: HeartbeatSettings) -> tuple[ServiceRuntime, list[APIRouter]]
             sender=sender,
             template=template,
             max_deliver=settings.max_deliver,
+            concurrency=settings.delivery_concurrency,
+            record_spans=settings.otel_exporter_otlp_endpoint is not None,
             registry=runtime.registry,
             on_recorded=on_recorded,
         )
@@ -83,46 +85,56 @@ def build(settings: HeartbeatSettings) -> tuple[ServiceRuntime, list[APIRouter]]
 
     # Every instance shares one durable consumer; JetStream spreads messages among them.
     # ack_wait must outlast a delivery with all its retries, or JetStream redelivers a
-    # slot that is still being worked on.
-    @runtime.broker.subscriber(
+    # slot that is still being worked on. A fetched batch waits at most 50 ms to fill,
+    # which bounds the latency it adds.
+    @batch_subscriber(
+        runtime.broker,
         SlotDue.subject(),
-        stream=JStream(stream_name("scheduler"), declare=False),
+        stream=stream_name("scheduler"),
         durable=CONSUMER,
-        pull_sub=PullSub(batch_size=min(settings.delivery_concurrency, 256), timeout=1.0),
+        batch_size=min(settings.delivery_concurrency, 256),
+        max_wait=0.05,
         config=ConsumerConfig(
             ack_policy=JsAckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL,
             ack_wait=settings.delivery_deadline + 30,
             max_ack_pending=settings.delivery_concurrency * 4,
         ),
-        ack_policy=AckPolicy.MANUAL,
-        max_workers=settings.delivery_concurrency,
     )
-    @message_handler(runtime.broker)
-    async def on_slot_due(msg: NatsMessage) -> None:
-        await state["consumer"].handle(msg)
+    async def on_slot_due(batch: list[Msg]) -> None:
+        await state["consumer"].accept(batch)
+
+    async def drain(grace: float) -> None:
+        if "consumer" in state:
+            await state["consumer"].drain(grace)
+
+    runtime.on_drain(drain)
 
     def follow_job_state(subject: str) -> None:
-        @runtime.broker.subscriber(
+        @batch_subscriber(
+            runtime.broker,
             subject,
-            stream=JStream(stream_name("scheduler"), declare=False),
+            stream=stream_name("scheduler"),
             durable="heartbeat-" + subject.rsplit(".", 1)[-1].replace("_", "-"),
-            pull_sub=PullSub(batch_size=64, timeout=1.0),
             config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_wait=60),
-            ack_policy=AckPolicy.MANUAL,
         )
-        @message_handler(runtime.broker)
-        async def on_job_event(msg: NatsMessage) -> None:
-            try:
-                event = parse_event(msg.body)
-            except ValidationError as exc:
-                log.error(
-                    "unparseable scheduler event skipped", extra={"fields": {"error": str(exc)}}
-                )
-                await msg.reject()
-                return
-            await job_state.apply(runtime.pool, event)
-            await msg.ack()
+        async def on_job_events(batch: list[Msg]) -> None:
+            events, parsed = [], []
+            for msg in batch:
+                try:
+                    events.append(parse_event(msg.data))
+                    parsed.append(msg)
+                except ValidationError as exc:
+                    log.error(
+                        "unparseable scheduler event skipped",
+                        extra={"fields": {"subject": msg.subject, "error": str(exc)}},
+                    )
+                    await msg.term()
+            # A database error leaves the batch unacked: JetStream redelivers it.
+            async with runtime.pool.acquire() as conn:
+                await job_state.apply(conn, events)
+            for msg in parsed:
+                await msg.ack()
 
     for subject in job_state.SUBJECTS:
         follow_job_state(subject)

@@ -12,6 +12,7 @@ import random
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 
 import aiohttp
 from standardwebhooks import Webhook
@@ -38,6 +39,12 @@ class _Permanent(Exception):
     def __init__(self, error_class: str, error: str) -> None:
         super().__init__(error)
         self.error_class = error_class
+
+
+@lru_cache(maxsize=4096)
+def _signer(secret: str) -> Webhook:
+    """One Standard Webhooks signer per secret (it decodes the secret once)."""
+    return Webhook(secret)
 
 
 DEFAULT_TEMPLATE = "Lite Claw heartbeat for {local:%A %d %B %Y, %H:%M} ({timezone})"
@@ -89,6 +96,7 @@ class Sender:
     ) -> None:
         self.client = client
         self.attempt_timeout = attempt_timeout
+        self._timeout = aiohttp.ClientTimeout(total=attempt_timeout)
         self.deadline = deadline
         self.telegram_api_base = telegram_api_base.rstrip("/")
         self.telegram_bot_token = telegram_bot_token
@@ -146,7 +154,7 @@ class Sender:
             }
         )
         now = datetime.now(UTC)
-        signature = Webhook(channel.secret).sign(slot.slot_key, now, body)
+        signature = _signer(channel.secret).sign(slot.slot_key, now, body)
         async with self.client.post(
             channel.url,
             data=body.encode(),
@@ -156,7 +164,7 @@ class Sender:
                 "webhook-timestamp": str(int(now.timestamp())),
                 "webhook-signature": signature,
             },
-            timeout=aiohttp.ClientTimeout(total=self.attempt_timeout),
+            timeout=self._timeout,
             allow_redirects=False,
         ) as response:
             await response.read()  # drain, so the connection goes back to the pool
@@ -168,7 +176,7 @@ class Sender:
         async with self.client.post(
             f"{self.telegram_api_base}/bot{self.telegram_bot_token}/sendMessage",
             json={"chat_id": channel.chat_id, "text": text},
-            timeout=aiohttp.ClientTimeout(total=self.attempt_timeout),
+            timeout=self._timeout,
             allow_redirects=False,
         ) as response:
             await response.read()

@@ -43,64 +43,54 @@ SUBJECTS = (
 )
 
 
-async def apply(pool: asyncpg.Pool, event: Event) -> None:
-    async with pool.acquire() as conn:
+_JOB = """INSERT INTO job_state (job_id, enabled, deleted, changed_at) VALUES ($1, $2, false, $3)
+           ON CONFLICT (job_id) DO UPDATE SET enabled = $2, changed_at = $3
+           WHERE job_state.changed_at <= $3"""
+_DELETED = """INSERT INTO job_state (job_id, enabled, deleted, changed_at)
+               VALUES ($1, false, true, $2)
+               ON CONFLICT (job_id) DO UPDATE SET deleted = true"""
+_USER = """INSERT INTO user_state (user_id, heartbeats_enabled, changed_at) VALUES ($1, $2, $3)
+           ON CONFLICT (user_id) DO UPDATE SET heartbeats_enabled = $2, changed_at = $3
+           WHERE user_state.changed_at <= $3"""
+
+
+async def apply(conn: asyncpg.Connection, events: list[Event]) -> None:
+    """Apply a batch of the scheduler's events, in one transaction. A job's deletion is
+    final; anything else only overwrites state set by an older event."""
+    rows: dict[str, list[tuple[object, ...]]] = {_JOB: [], _DELETED: [], _USER: []}
+    for event in events:
         if isinstance(event, HeartbeatJobCreated):
-            await _job(conn, event.job_id, True, False, event)
+            rows[_JOB].append((event.job_id, True, event.occurred_at))
         elif isinstance(event, HeartbeatJobUpdated) and event.enabled is not None:
-            await _job(conn, event.job_id, event.enabled, False, event)
+            rows[_JOB].append((event.job_id, event.enabled, event.occurred_at))
         elif isinstance(event, HeartbeatJobDeleted):
-            await conn.execute(
-                """INSERT INTO job_state (job_id, enabled, deleted, changed_at)
-                   VALUES ($1, false, true, $2)
-                   ON CONFLICT (job_id) DO UPDATE SET deleted = true""",
-                event.job_id,
-                event.occurred_at,
-            )
+            rows[_DELETED].append((event.job_id, event.occurred_at))
         elif isinstance(event, ProfileUpdated):
-            await conn.execute(
-                """INSERT INTO user_state (user_id, heartbeats_enabled, changed_at)
-                   VALUES ($1, $2, $3)
-                   ON CONFLICT (user_id) DO UPDATE SET heartbeats_enabled = $2, changed_at = $3
-                   WHERE user_state.changed_at <= $3""",
-                event.user_id,
-                event.heartbeats_enabled,
-                event.occurred_at,
-            )
+            rows[_USER].append((event.user_id, event.heartbeats_enabled, event.occurred_at))
+    async with conn.transaction():
+        for statement, args in rows.items():
+            if args:
+                await conn.executemany(statement, args)
 
 
-async def _job(
-    conn: asyncpg.Connection, job_id: UUID, enabled: bool, deleted: bool, event: Event
-) -> None:
-    await conn.execute(
-        """INSERT INTO job_state (job_id, enabled, deleted, changed_at) VALUES ($1, $2, $3, $4)
-           ON CONFLICT (job_id) DO UPDATE SET enabled = $2, changed_at = $4
-           WHERE job_state.changed_at <= $4""",
-        job_id,
-        enabled,
-        deleted,
-        event.occurred_at,
-    )
-
-
-async def disabled_reasons(pool: asyncpg.Pool, keys: list[tuple[UUID, str]]) -> list[str | None]:
+async def disabled_reasons(
+    conn: asyncpg.Connection, keys: list[tuple[UUID, str]]
+) -> list[str | None]:
     """For each (job, user): why its slot must not be delivered now, or None."""
-    async with pool.acquire() as conn:
-        jobs = {
-            r["job_id"]: r
-            for r in await conn.fetch(
-                "SELECT job_id, enabled, deleted FROM job_state WHERE job_id = ANY($1::uuid[])",
-                list({job for job, _ in keys}),
-            )
-        }
-        users = {
-            r["user_id"]: r["heartbeats_enabled"]
-            for r in await conn.fetch(
-                "SELECT user_id, heartbeats_enabled FROM user_state "
-                "WHERE user_id = ANY($1::text[])",
-                list({user for _, user in keys}),
-            )
-        }
+    jobs = {
+        r["job_id"]: r
+        for r in await conn.fetch(
+            "SELECT job_id, enabled, deleted FROM job_state WHERE job_id = ANY($1::uuid[])",
+            list({job for job, _ in keys}),
+        )
+    }
+    users = {
+        r["user_id"]: r["heartbeats_enabled"]
+        for r in await conn.fetch(
+            "SELECT user_id, heartbeats_enabled FROM user_state WHERE user_id = ANY($1::text[])",
+            list({user for _, user in keys}),
+        )
+    }
     reasons: list[str | None] = []
     for job_id, user_id in keys:
         job = jobs.get(job_id)

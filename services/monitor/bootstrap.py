@@ -11,12 +11,12 @@ from typing import Any
 
 from eventsourcing.application import Application
 from fastapi import APIRouter
-from faststream.middlewares import AckPolicy
-from faststream.nats import ConsumerConfig, DeliverPolicy, JStream, NatsMessage, PullSub
+from faststream.nats import ConsumerConfig, DeliverPolicy
+from nats.aio.msg import Msg
 from prometheus_client import Counter
 from pydantic import ValidationError
 
-from shared.broker import message_handler
+from shared.broker import batch_subscriber
 from shared.contracts import SERVICES, parse_event, stream_name
 from shared.runtime import ServiceRuntime
 from shared.settings import ServiceSettings
@@ -67,36 +67,38 @@ def build(settings: ServiceSettings) -> tuple[ServiceRuntime, list[APIRouter]]:
     runtime.on_start(start)
 
     def follow(service: str) -> None:
-        @runtime.broker.subscriber(
+        @batch_subscriber(
+            runtime.broker,
             f"liteclaw.{service}.>",
-            stream=JStream(stream_name(service), declare=False),
+            stream=stream_name(service),
             durable=f"monitor-{service}",
-            pull_sub=PullSub(batch_size=256, timeout=1.0),
             config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_wait=60),
-            ack_policy=AckPolicy.MANUAL,
         )
-        @message_handler(runtime.broker)
-        async def on_event(msg: NatsMessage) -> None:
-            try:
-                event = parse_event(msg.body)
-            except ValidationError:
-                # Not a contract this monitor knows (e.g. a newer type): count it by
-                # subject so it is visible, and move on.
-                unknown_total.labels(msg.raw_message.subject).inc()
-                await msg.ack()
-                return
+        async def on_events(batch: list[Msg]) -> None:
+            seen = []
+            for msg in batch:
+                try:
+                    seen.append(parse_event(msg.data))
+                except ValidationError:
+                    # Not a contract this monitor knows (e.g. a newer type): count it by
+                    # subject so it is visible, and move on.
+                    unknown_total.labels(msg.subject).inc()
+            # One insert per batch; each event_id counts once however often it comes.
             async with runtime.pool.acquire() as conn:
-                inserted = await conn.fetchval(
+                inserted = await conn.fetch(
                     """INSERT INTO events_seen (event_id, type, service, occurred_at)
-                       VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING true""",
-                    event.event_id,
-                    event.type,  # type: ignore[attr-defined]
-                    service,
-                    event.occurred_at,
+                       SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[],
+                                            $4::timestamptz[])
+                       ON CONFLICT DO NOTHING RETURNING type""",
+                    [e.event_id for e in seen],
+                    [e.type for e in seen],  # type: ignore[attr-defined]
+                    [service] * len(seen),
+                    [e.occurred_at for e in seen],
                 )
-            if inserted:
-                events_total.labels(service, event.type).inc()  # type: ignore[attr-defined]
-            await msg.ack()
+            for row in inserted:
+                events_total.labels(service, row["type"]).inc()
+            for msg in batch:
+                await msg.ack()
 
     for service in SERVICES:
         follow(service)

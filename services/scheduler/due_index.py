@@ -30,6 +30,7 @@ from uuid import UUID
 
 import asyncpg
 from faststream.nats import NatsBroker
+from nats.js import JetStreamContext
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
@@ -42,13 +43,14 @@ from services.scheduler.schedule import (
     next_slot,
     parse_zone,
 )
+from shared.broker import Outgoing, jetstream, message_headers, publish_many
 from shared.contracts import SlotDue, stream_name
 from shared.projection import Item, TrackedFollower
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("liteclaw.scheduler")
 
-PUBLISH_CONCURRENCY = 256
+PUBLISH_CHUNK = 1000
 # How many missed slots of one job are counted one by one before the count is reported
 # as a lower bound (a per-second cron over a long outage would otherwise cost minutes).
 MISSED_COUNT_CAP = 10_000
@@ -352,6 +354,7 @@ class Ticker:
             registry=registry,
         )
         self.last_tick_ok: datetime | None = None
+        self._js: JetStreamContext | None = None
 
     def wake(self) -> None:
         self._wake.set()
@@ -474,9 +477,8 @@ class Ticker:
                             }
                         },
                     )
-            for start in range(0, len(to_emit), PUBLISH_CONCURRENCY):
-                chunk = to_emit[start : start + PUBLISH_CONCURRENCY]
-                await asyncio.gather(*(self._publish(row, slot) for row, slot in chunk))
+            for start in range(0, len(to_emit), PUBLISH_CHUNK):
+                await self._publish(to_emit[start : start + PUBLISH_CHUNK])
             await conn.executemany(
                 "UPDATE jobs SET slot_at = $2, next_fire_at = $3, slot_key = $4, "
                 "local_time = $5, catch_up = false WHERE job_id = $1",
@@ -541,40 +543,48 @@ class Ticker:
                 return out, True
         return out, False
 
-    async def _publish(self, row: asyncpg.Record, slot: Slot) -> None:
-        quiet = row["quiet_hours"]
-        event = SlotDue(
-            slot_key=slot.key,
-            job_id=row["job_id"],
-            user_id=row["user_id"],
-            job_type=row["job_type"],
-            schedule_version=row["schedule_version"],
-            scheduled_for=slot.at,
-            local_time=slot.local_iso,
-            timezone=row["timezone"],
-            channel=json.loads(row["channel"]),
-            quiet_hours=json.loads(quiet) if quiet else None,
-        )
-        with tracer.start_as_current_span(
-            "scheduler.slot_due",
-            attributes={"liteclaw.slot_key": event.slot_key, "liteclaw.job_id": str(event.job_id)},
-        ):
-            await self.broker.publish(
-                event.model_dump_json().encode(),
-                subject=SlotDue.subject(),
-                headers={"Nats-Msg-Id": event.slot_key, "content-type": "application/json"},
-                stream=stream_name("scheduler"),
-                timeout=5.0,
+    async def _publish(self, due: list[tuple[asyncpg.Record, Slot]]) -> None:
+        """Publish the SlotDue of each (row, slot), pipelined, with ``Nats-Msg-Id`` = slot
+        key; return once JetStream has acked every one (else raise: the tick's
+        transaction rolls back and the slots are published again)."""
+        messages: list[Outgoing] = []
+        decided: list[dict[str, str]] = []
+        for row, slot in due:
+            quiet = row["quiet_hours"]
+            event = SlotDue(
+                slot_key=slot.key,
+                job_id=row["job_id"],
+                user_id=row["user_id"],
+                job_type=row["job_type"],
+                schedule_version=row["schedule_version"],
+                scheduled_for=slot.at,
+                local_time=slot.local_iso,
+                timezone=row["timezone"],
+                channel=json.loads(row["channel"]),
+                quiet_hours=json.loads(quiet) if quiet else None,
             )
-            log.info(
-                "slot due",
-                extra={
-                    "fields": {
-                        "decision": "slot_due",
-                        "slot_key": event.slot_key,
-                        "job_id": str(event.job_id),
-                        "user_id": event.user_id,
-                        "scheduled_for": event.scheduled_for.isoformat(),
-                    }
-                },
+            # Each slot's trace starts here and travels in its message's headers to the
+            # heartbeat (FastStream's publish middlewares, run per message, cost a
+            # quarter of the tick's CPU in the burst benchmark, so publishing goes
+            # straight to JetStream).
+            with tracer.start_as_current_span(
+                "scheduler.slot_due",
+                attributes={"liteclaw.slot_key": slot.key, "liteclaw.job_id": str(row["job_id"])},
+            ) as span:
+                headers = message_headers(slot.key)
+            messages.append((SlotDue.subject(), event.model_dump_json().encode(), headers))
+            decided.append(
+                {
+                    "decision": "slot_due",
+                    "slot_key": slot.key,
+                    "job_id": str(row["job_id"]),
+                    "user_id": row["user_id"],
+                    "scheduled_for": slot.at.isoformat(),
+                    "trace_id": format(span.get_span_context().trace_id, "032x"),
+                }
             )
+        if self._js is None:
+            self._js = jetstream(self.broker)
+        await publish_many(self._js, messages, stream=stream_name("scheduler"))
+        for fields in decided:
+            log.info("slot due", extra={"fields": fields})

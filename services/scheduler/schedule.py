@@ -16,10 +16,12 @@ each to real instants under those rules.
 
 from __future__ import annotations
 
+import copy
 import heapq
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from uuid import UUID
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
@@ -119,14 +121,22 @@ class CronSpec:
         return spec
 
     def _naive_iter(self, start: datetime) -> Iterator[datetime]:
-        it = croniter(
-            self.expr,
-            start,
-            second_at_beginning=self.has_seconds,
-            max_years_between_matches=_LOOKAHEAD_YEARS,
-        )
+        # A copy of a parsed croniter, moved to ``start``: parsing the expression costs
+        # more than finding the next time, and the ticker does this for every slot.
+        it = copy.copy(_parsed(self.expr, self.has_seconds))
+        it.set_current(start, force=True)
         while True:
             yield it.get_next(datetime)
+
+
+@lru_cache(maxsize=4096)
+def _parsed(expr: str, has_seconds: bool) -> croniter:
+    return croniter(
+        expr,
+        datetime(2000, 1, 1),
+        second_at_beginning=has_seconds,
+        max_years_between_matches=_LOOKAHEAD_YEARS,
+    )
 
 
 def _is_gap(naive: datetime, zone: ZoneInfo) -> bool:
@@ -227,9 +237,22 @@ def iter_slots(
 def next_slot(
     spec: CronSpec, zone: ZoneInfo, after: datetime, *, job_id: UUID | str, schedule_version: int
 ) -> Slot | None:
-    return next(
-        iter_slots(spec, zone, after, job_id=job_id, schedule_version=schedule_version), None
-    )
+    found = _next_instant(spec, zone, after)
+    if found is None:
+        return None
+    instant, local = found
+    return Slot(slot_key(job_id, schedule_version, local), instant, local)
+
+
+@lru_cache(maxsize=65536)
+def _next_instant(
+    spec: CronSpec, zone: ZoneInfo, after: datetime
+) -> tuple[datetime, datetime] | None:
+    """The next firing after ``after`` depends on the schedule, the zone and the instant,
+    not on the job: the thousands of jobs of a top-of-minute burst that share a cron and
+    a zone compute it once."""
+    slot = next(iter_slots(spec, zone, after, job_id="", schedule_version=0), None)
+    return (slot.at, slot.local) if slot else None
 
 
 def upcoming(
