@@ -31,11 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--burst-sizes", default="10000,50000", help="comma-separated N")
     parser.add_argument(
         "--heartbeat-instances",
-        type=int,
-        default=1,
-        metavar="K",
-        help="heartbeat instances sharing the consumer in the burst runs (default 1); "
-        "results of K > 1 are written as burst_<N>_x<K>.json",
+        default="1,2",
+        metavar="K[,K...]",
+        help="heartbeat instances sharing the consumer, one burst run per value and size "
+        "(default 1,2); results of K > 1 are written as burst_<N>_x<K>.json",
     )
     parser.add_argument("--idle-jobs", type=int, default=1_000_000)
     parser.add_argument("--idle-seconds", type=float, default=30)
@@ -50,9 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     if "limits" in chosen:
         results["limits"] = scenarios.limits()
     if "burst" in chosen:
-        k = args.heartbeat_instances
-        for n in (int(x) for x in args.burst_sizes.split(",") if x):
-            results[f"burst_{n}" if k == 1 else f"burst_{n}_x{k}"] = scenarios.burst(n, k)
+        for k in (int(x) for x in args.heartbeat_instances.split(",") if x):
+            for n in (int(x) for x in args.burst_sizes.split(",") if x):
+                results[f"burst_{n}" if k == 1 else f"burst_{n}_x{k}"] = scenarios.burst(n, k)
     if "idle" in chosen:
         results["idle_cost"] = scenarios.idle(args.idle_jobs, seconds=args.idle_seconds)
     if "steady" in chosen:
@@ -61,6 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(limits, dict):
         for name, figures in results.items():
             if name.startswith("burst_") and isinstance(figures, dict):
+                figures["fraction_of_jetstream_publish"] = round(
+                    figures["deliveries_per_s"] / limits["jetstream"]["publish_per_s"], 3
+                )
+                figures["fraction_of_postgres_insert"] = round(
+                    figures["deliveries_per_s"] / limits["postgres"]["insert_rows_per_s"], 3
+                )
                 figures["fraction_of_jetstream_consume"] = round(
                     figures["deliveries_per_s"] / limits["jetstream"]["consume_ack_per_s"], 3
                 )

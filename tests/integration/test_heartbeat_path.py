@@ -884,3 +884,44 @@ def test_invalid_template_stops_the_service_at_start_naming_the_setting(
     assert code != 0
     output = heartbeat.log.read_text(errors="replace")
     assert "HEARTBEAT_TEMPLATE" in output, output[-2000:]
+
+
+# --- 8. decision logs ---------------------------------------------------------------------------
+
+
+def test_each_decision_is_one_log_line_with_the_slots_trace_id(
+    env: Env, api: Api, receiver: WebhookReceiver
+) -> None:
+    """The scheduler's `slot due` line and the heartbeat's `heartbeat outcome` line of a
+    slot carry the same trace id (made by the scheduler, carried in the message headers),
+    so `grep <trace_id>` follows one slot across services, even with no trace exporter."""
+    user = user_id("logs")
+    api.profile(user)
+    job = api.create_job(user, EVERY_SECOND, webhook_channel(receiver))
+    items = api.wait_deliveries(
+        job["job_id"], lambda items: sum(i["outcome"] == "sent" for i in items) >= 2
+    )
+    for item in (i for i in items if i["outcome"] == "sent"):
+        key = item["slot_key"]
+        [due] = [
+            line
+            for line in log_lines(env.scheduler.log)
+            if line.get("decision") == "slot_due" and line.get("slot_key") == key
+        ]
+        [outcome] = [
+            line
+            for line in log_lines(env.heartbeat.log)
+            if line.get("msg") == "heartbeat outcome" and line.get("slot_key") == key
+        ]
+        assert outcome["outcome"] == "sent", outcome
+        assert outcome["job_id"] == job["job_id"] and outcome["user_id"] == user, outcome
+        assert due["job_id"] == job["job_id"] and due["user_id"] == user, due
+        assert len(outcome["trace_id"]) == 32 and int(outcome["trace_id"], 16), outcome
+        assert outcome["trace_id"] == due["trace_id"], (due, outcome)
+    # Every slot has a trace of its own.
+    lines = [
+        line
+        for line in log_lines(env.heartbeat.log)
+        if line.get("msg") == "heartbeat outcome" and line.get("job_id") == job["job_id"]
+    ]
+    assert len({line["trace_id"] for line in lines}) == len({line["slot_key"] for line in lines})
