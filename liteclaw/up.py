@@ -28,6 +28,7 @@ from shared.broker import ensure_streams
 
 SERVICE_ORDER = ("auth", "claims", "heartbeat", "scheduler", "monitor")
 MAX_BACKOFF_S = 30.0
+STOP_TIMEOUT_S = 60.0
 
 
 def say(text: str) -> None:
@@ -249,7 +250,8 @@ class Supervisor:
         for c in running:
             assert c.proc is not None
             c.proc.terminate()
-        deadline = time.monotonic() + 20
+        # A service drains in at most about 3 x SHUTDOWN_GRACE (10 s) + 25 s.
+        deadline = time.monotonic() + STOP_TIMEOUT_S
         for c in running:
             assert c.proc is not None
             # A child's exit is not an awaitable event here: poll it, bounded.

@@ -51,7 +51,7 @@ class ServiceSettings(BaseSettings):
         0.5, gt=0, description="Seconds between relay polls of the event store when idle."
     )
     shutdown_grace: float = Field(
-        30.0,
+        10.0,
         gt=0,
         description="Seconds in-flight work may take to finish and ack on SIGTERM; what is "
         "still unacked then is redelivered to another instance.",

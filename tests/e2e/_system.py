@@ -28,7 +28,7 @@ T = TypeVar("T")
 
 # Generous: the machine has 2 cores and other work runs beside the suite.
 START_TIMEOUT = 180.0
-STOP_TIMEOUT = 60.0
+STOP_TIMEOUT = 90.0  # above `liteclaw up`'s own 60 s before it kills a service
 
 
 def wait_until(
