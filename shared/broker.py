@@ -17,6 +17,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
+from opentelemetry import context as otel_context
 from opentelemetry import propagate
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry
@@ -189,14 +190,16 @@ def jetstream(broker: NatsBroker) -> JetStreamContext:
     return broker.connection.jetstream()
 
 
-def message_headers(msg_id: str | None = None) -> dict[str, str]:
-    """Headers of an outgoing message: the current trace context (W3C ``traceparent``,
-    as FastStream's telemetry middleware would put it) and, for JetStream's duplicate
-    window, ``Nats-Msg-Id``."""
+def message_headers(
+    msg_id: str | None = None, context: otel_context.Context | None = None
+) -> dict[str, str]:
+    """Headers of an outgoing message: the trace context (W3C ``traceparent``, as
+    FastStream's telemetry middleware would put it) of ``context``, or of the current
+    one, and, for JetStream's duplicate window, ``Nats-Msg-Id``."""
     headers = {"content-type": "application/json"}
     if msg_id is not None:
         headers["Nats-Msg-Id"] = msg_id
-    propagate.inject(headers)
+    propagate.inject(headers, context=context)
     return headers
 
 
@@ -217,7 +220,9 @@ async def publish_many(
         for subject, body, headers in messages
     ]
     try:
-        await asyncio.wait_for(asyncio.gather(*acks), timeout=ack_within)
+        async with asyncio.timeout(ack_within):
+            for ack in acks:
+                await ack
     finally:
         # An ack that never came must not hold nats-py's bound on pending publishes.
         for ack in acks:

@@ -549,6 +549,7 @@ class Ticker:
         transaction rolls back and the slots are published again)."""
         messages: list[Outgoing] = []
         decided: list[dict[str, str]] = []
+        spans: list[trace.Span] = []
         for row, slot in due:
             quiet = row["quiet_hours"]
             event = SlotDue(
@@ -567,11 +568,12 @@ class Ticker:
             # heartbeat (FastStream's publish middlewares, run per message, cost a
             # quarter of the tick's CPU in the burst benchmark, so publishing goes
             # straight to JetStream).
-            with tracer.start_as_current_span(
+            span = tracer.start_span(
                 "scheduler.slot_due",
                 attributes={"liteclaw.slot_key": slot.key, "liteclaw.job_id": str(row["job_id"])},
-            ) as span:
-                headers = message_headers(slot.key)
+            )
+            spans.append(span)
+            headers = message_headers(slot.key, trace.set_span_in_context(span))
             messages.append((SlotDue.subject(), event.model_dump_json().encode(), headers))
             decided.append(
                 {
@@ -585,6 +587,11 @@ class Ticker:
             )
         if self._js is None:
             self._js = jetstream(self.broker)
-        await publish_many(self._js, messages, stream=stream_name("scheduler"))
+        try:
+            # Each slot's span lasts until JetStream has acked its message.
+            await publish_many(self._js, messages, stream=stream_name("scheduler"))
+        finally:
+            for span in spans:
+                span.end()
         for fields in decided:
             log.info("slot due", extra={"fields": fields})
