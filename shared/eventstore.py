@@ -44,9 +44,14 @@ def postgres_env(database_url: str, schema: str, *, pool_size: int = 5) -> dict[
 
 
 def ensure_schema(database_url: str, schema: str) -> None:
-    """Create the service's schema; eventsourcing creates its tables inside it."""
+    """Create a schema for tools (benchmarks, test set-up) that use an event store
+    outside a service; eventsourcing creates its tables inside it. A service creates its
+    own at start, under a lock (``ServiceRuntime.start``)."""
     with psycopg.connect(database_url, autocommit=True, connect_timeout=5) as conn:
-        conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        try:
+            conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateSchema):
+            pass  # created concurrently by someone else: it exists, which is the point
 
 
 class ServiceInstance(Aggregate):

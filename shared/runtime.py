@@ -25,7 +25,7 @@ from fastapi import APIRouter, Depends, FastAPI
 from prometheus_client import CollectorRegistry, Counter
 
 from shared.broker import ensure_streams, make_broker
-from shared.eventstore import EventStore, ServiceInstance, ensure_schema, postgres_env
+from shared.eventstore import EventStore, ServiceInstance, postgres_env
 from shared.http import bearer_auth, install_error_handlers, install_health_routes
 from shared.logs import setup_logging
 from shared.projection import TrackedFollower
@@ -120,7 +120,49 @@ class ServiceRuntime:
         """Open everything; ``record_start`` stores ServiceStarted (one-shot commands that
         run from cron pass False, or every run would look like a restart)."""
         s = self.settings
-        await asyncio.to_thread(ensure_schema, s.database_url, self.schema)
+        # Instances starting together on a fresh database would race on CREATE ... IF NOT
+        # EXISTS (PostgreSQL fails the loser with a unique violation): they set up the
+        # schema one at a time, under an advisory lock on a connection of its own.
+        setup = await asyncpg.connect(s.database_url, timeout=5)
+        try:
+            await setup.execute(
+                "SELECT pg_advisory_lock(hashtext($1))", f"liteclaw:setup:{self.schema}"
+            )
+            await setup.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+            await self._open_stores()
+            await self.relay.setup()
+            for fn in self._on_start:
+                await fn()
+            for follower in self.followers:
+                await follower.setup()
+        finally:
+            await setup.close()  # releases the lock
+        for follower in self.followers:
+            await follower.catch_up()
+        await ensure_streams(s.nats_servers, s.stream_replicas)
+        await self.broker.start()
+        # Every start is an event: operators count restarts from ServiceStarted.
+        if record_start:
+            await self.store.save(
+                ServiceInstance(
+                    service=self.name,
+                    instance_id=s.instance_id,
+                    pid=os.getpid(),
+                    release=package_version(),
+                )
+            )
+            self.started_total.inc()
+        self.relay.wake()
+        self._tasks = [asyncio.create_task(self._guard(self.relay.run))]
+        self._tasks += [asyncio.create_task(self._guard(f.run)) for f in self.followers]
+        self._tasks += [asyncio.create_task(self._guard(loop)) for loop in self._loops]
+        log.info(
+            "service started",
+            extra={"fields": {"instance_id": s.instance_id, "pid": os.getpid()}},
+        )
+
+    async def _open_stores(self) -> None:
+        s = self.settings
         self.pool = await asyncpg.create_pool(
             s.database_url,
             min_size=1,
@@ -143,33 +185,6 @@ class ServiceRuntime:
             pool=self.pool,
             schema=self.schema,
             interval=s.relay_interval,
-        )
-        await self.relay.setup()
-        for fn in self._on_start:
-            await fn()
-        for follower in self.followers:
-            await follower.setup()
-            await follower.catch_up()
-        await ensure_streams(s.nats_servers, s.stream_replicas)
-        await self.broker.start()
-        # Every start is an event: operators count restarts from ServiceStarted.
-        if record_start:
-            await self.store.save(
-                ServiceInstance(
-                    service=self.name,
-                    instance_id=s.instance_id,
-                    pid=os.getpid(),
-                    release=package_version(),
-                )
-            )
-            self.started_total.inc()
-        self.relay.wake()
-        self._tasks = [asyncio.create_task(self._guard(self.relay.run))]
-        self._tasks += [asyncio.create_task(self._guard(f.run)) for f in self.followers]
-        self._tasks += [asyncio.create_task(self._guard(loop)) for loop in self._loops]
-        log.info(
-            "service started",
-            extra={"fields": {"instance_id": s.instance_id, "pid": os.getpid()}},
         )
 
     async def _guard(self, loop: Callable[[], Awaitable[None]]) -> None:

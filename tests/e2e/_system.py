@@ -259,3 +259,24 @@ def log_problems(system: System, *services: str, limit: int = 15) -> str:
         if bad:
             out.append(f"--- {path} ---\n" + "\n".join(bad[-limit:]))
     return "\n".join(out) or "(no warnings or errors in the service logs)"
+
+
+def service_started_counts(http: httpx.Client, system: System) -> dict[str, int]:
+    """ServiceStarted events per service, as the monitor counts them."""
+    response = http.get(f"{system.url('monitor')}/v1/events/counts", headers=system.headers)
+    response.raise_for_status()
+    return {
+        item["service"]: item["n"]
+        for item in response.json()["items"]
+        if item["type"] == "ServiceStarted"
+    }
+
+
+def wait_service_started(http: httpx.Client, system: System, at_least: int) -> dict[str, int]:
+    """Wait until the monitor has counted ``at_least`` starts of every service."""
+
+    def counted() -> dict[str, int] | None:
+        counts = service_started_counts(http, system)
+        return counts if all(counts.get(s, 0) >= at_least for s in SERVICES) else None
+
+    return wait_until(counted, timeout=60, what=f"ServiceStarted x{at_least} at the monitor")

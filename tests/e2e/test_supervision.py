@@ -12,7 +12,15 @@ import httpx
 import psutil
 import pytest
 
-from tests.e2e._system import SERVICES, Liteclaw, gone, tail, wait_until
+from tests.e2e._system import (
+    SERVICES,
+    Liteclaw,
+    gone,
+    service_started_counts,
+    tail,
+    wait_service_started,
+    wait_until,
+)
 from tests.support.processes import System
 
 pytestmark = pytest.mark.timeout(600)
@@ -36,16 +44,6 @@ def _ready(http: httpx.Client, system: System, name: str) -> bool:
         return http.get(system.url(name) + "/readyz").status_code == 200
     except httpx.HTTPError:
         return False
-
-
-def _started_counts(http: httpx.Client, system: System) -> dict[str, int]:
-    response = http.get(f"{system.url('monitor')}/v1/events/counts", headers=system.headers)
-    response.raise_for_status()
-    return {
-        item["service"]: item["n"]
-        for item in response.json()["items"]
-        if item["type"] == "ServiceStarted"
-    }
 
 
 def test_every_service_serves_health_metrics_and_guards_v1(
@@ -79,14 +77,7 @@ def test_every_service_serves_health_metrics_and_guards_v1(
 def test_crashed_service_is_restarted_with_backoff(liteclaw: Liteclaw, http: httpx.Client) -> None:
     system = liteclaw.start(liteclaw.data_dir())
     others = {name: _service_pid(system, name) for name in SERVICES if name != "heartbeat"}
-    wait_until(
-        lambda: (
-            all(n >= 1 for n in _started_counts(http, system).values())
-            and len(_started_counts(http, system)) == len(SERVICES)
-        ),
-        timeout=60,
-        what="ServiceStarted of every service at the monitor",
-    )
+    wait_service_started(http, system, at_least=1)
 
     # 1. kill -9 the heartbeat: `liteclaw up` says so and starts it again after 1 s, and
     #    endpoints.json names the new process.
@@ -118,7 +109,7 @@ def test_crashed_service_is_restarted_with_backoff(liteclaw: Liteclaw, http: htt
 
     # 3. Every start is a ServiceStarted event: the monitor counts three for the heartbeat.
     wait_until(
-        lambda: _started_counts(http, system).get("heartbeat", 0) >= 3,
+        lambda: service_started_counts(http, system).get("heartbeat", 0) >= 3,
         timeout=60,
         what="three heartbeat ServiceStarted events",
     )

@@ -33,6 +33,7 @@ from tests.e2e._system import (
     log_problems,
     processes_holding,
     tail,
+    wait_service_started,
     wait_until,
 )
 from tests.support.processes import System
@@ -125,24 +126,6 @@ def _wait_listed_as_sent(
     return items
 
 
-def _service_started_counts(http: httpx.Client, system: System) -> dict[str, int]:
-    response = http.get(f"{system.url('monitor')}/v1/events/counts", headers=system.headers)
-    response.raise_for_status()
-    return {
-        item["service"]: item["n"]
-        for item in response.json()["items"]
-        if item["type"] == "ServiceStarted"
-    }
-
-
-def _wait_service_started(http: httpx.Client, system: System, at_least: int) -> dict[str, int]:
-    def counted() -> dict[str, int] | None:
-        counts = _service_started_counts(http, system)
-        return counts if all(counts.get(s, 0) >= at_least for s in SERVICES) else None
-
-    return wait_until(counted, timeout=60, what=f"ServiceStarted x{at_least} at the monitor")
-
-
 def _everything_running(system: System) -> list[psutil.Process]:
     """Every process the system runs: the services (pids from endpoints.json), NATS and
     PostgreSQL (found by their command line naming the data dir) and all descendants of
@@ -213,7 +196,7 @@ def test_walking_skeleton(
         assert response.status_code == 200, (name, response.text)
 
     # 4. Each service's ServiceStarted reached the monitor.
-    _wait_service_started(http, system, at_least=1)
+    wait_service_started(http, system, at_least=1)
 
     # 5. A profile in Europe/Berlin and a job every two seconds to the webhook receiver.
     job = create_heartbeat(
@@ -260,7 +243,7 @@ def test_restart_on_same_dir_keeps_all_data(
         lambda rs: len(_distinct_accepted(rs)) >= 2,
         "two slots delivered before the restart",
     )
-    _wait_service_started(http, first, at_least=1)
+    wait_service_started(http, first, at_least=1)
 
     # 2. SIGTERM; everything the first run started is gone.
     _sigterm_and_check_all_exited(first)
@@ -308,7 +291,7 @@ def test_restart_on_same_dir_keeps_all_data(
     _assert_one_sent_event_per_slot(second.endpoints["database_url"], set(received))
 
     # 8. The monitor kept the first run's ServiceStarted events and counted the second's.
-    _wait_service_started(http, second, at_least=2)
+    wait_service_started(http, second, at_least=2)
 
     # 9. SIGTERM again; everything stops.
     _sigterm_and_check_all_exited(second)
