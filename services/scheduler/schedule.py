@@ -244,7 +244,7 @@ def next_slot(
     return Slot(slot_key(job_id, schedule_version, local), instant, local)
 
 
-@lru_cache(maxsize=65536)
+@lru_cache(maxsize=16384)
 def _next_instant(
     spec: CronSpec, zone: ZoneInfo, after: datetime
 ) -> tuple[datetime, datetime] | None:
