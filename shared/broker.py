@@ -149,13 +149,14 @@ def batch_subscriber(
     durable: str,
     config: ConsumerConfig,
     batch_size: int = 256,
-    max_wait: float = 0.25,
+    max_wait: float = 1.0,
 ) -> Callable[[BatchHandler], BatchHandler]:
     """Subscribe ``async def handler(msgs: list[nats.aio.msg.Msg])`` to a durable pull
     consumer of ``stream``, shared by every instance of the service.
 
     FastStream fetches up to ``batch_size`` messages, waiting at most ``max_wait`` seconds
-    to fill a batch, and runs its middlewares (telemetry, Prometheus) once per batch; the
+    to fill a batch (which bounds the latency it adds; idle, it asks NATS once per
+    ``max_wait``), and runs its middlewares (telemetry, Prometheus) once per batch; the
     telemetry span links every message's trace context. The handler acks, naks or
     terminates each message itself, after its effect is durable. Run per message,
     FastStream's machinery (middlewares, context scope, a task per message, FastDepends)

@@ -85,7 +85,7 @@ def build(settings: HeartbeatSettings) -> tuple[ServiceRuntime, list[APIRouter]]
 
     # Every instance shares one durable consumer; JetStream spreads messages among them.
     # ack_wait must outlast a delivery with all its retries, or JetStream redelivers a
-    # slot that is still being worked on. A fetched batch waits at most 50 ms to fill,
+    # slot that is still being worked on. A fetched batch waits at most 100 ms to fill,
     # which bounds the latency it adds.
     @batch_subscriber(
         runtime.broker,
@@ -93,7 +93,7 @@ def build(settings: HeartbeatSettings) -> tuple[ServiceRuntime, list[APIRouter]]
         stream=stream_name("scheduler"),
         durable=CONSUMER,
         batch_size=min(settings.delivery_concurrency, 256),
-        max_wait=0.05,
+        max_wait=0.1,
         config=ConsumerConfig(
             ack_policy=JsAckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL,
