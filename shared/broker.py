@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -13,6 +14,7 @@ from faststream.middlewares import AckPolicy
 from faststream.nats import ConsumerConfig, JStream, NatsBroker, PullSub
 from faststream.nats.opentelemetry import NatsTelemetryMiddleware
 from faststream.nats.prometheus import NatsPrometheusMiddleware
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import StreamConfig
@@ -185,10 +187,18 @@ def batch_subscriber(
     return register
 
 
+_jetstreams: weakref.WeakKeyDictionary[Client, JetStreamContext] = weakref.WeakKeyDictionary()
+
+
 def jetstream(broker: NatsBroker) -> JetStreamContext:
     """JetStream on the broker's own connection, for hot-path publishing without
-    FastStream's per-message publish middlewares (see ``publish_many``)."""
-    return broker.connection.jetstream()
+    FastStream's per-message publish middlewares (see ``publish_many``). One context per
+    connection: each sets up its own subscription for pipelined publish acks."""
+    connection = broker.connection
+    js = _jetstreams.get(connection)
+    if js is None:
+        js = _jetstreams[connection] = connection.jetstream()
+    return js
 
 
 def message_headers(

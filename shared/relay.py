@@ -13,7 +13,6 @@ from uuid import UUID, uuid5
 import asyncpg
 from eventsourcing.domain import DomainEventProtocol
 from faststream.nats import NatsBroker
-from nats.js import JetStreamContext
 
 from shared.broker import jetstream, message_headers, publish_many
 from shared.contracts import Event, ServiceStarted, stream_name
@@ -49,7 +48,6 @@ class Relay(TrackedFollower):
         self.broker = broker
         self.translate = translate
         self.published = 0
-        self._js: JetStreamContext | None = None
 
     async def process(self, conn: asyncpg.Connection, items: Sequence[Item]) -> None:
         pending: list[tuple[Event, str]] = []
@@ -66,13 +64,11 @@ class Relay(TrackedFollower):
         # burst rates, and a relayed event has no trace of its own to carry). A failure
         # raises, the transaction rolls back and the whole batch is published again
         # (duplicates are dropped by msg id).
-        if pending and self._js is None:
-            self._js = jetstream(self.broker)
         stream = stream_name(self.service)
         for start in range(0, len(pending), PUBLISH_CHUNK):
             chunk = pending[start : start + PUBLISH_CHUNK]
             await publish_many(
-                self._js,  # type: ignore[arg-type]
+                jetstream(self.broker),
                 [
                     (self._subject(c), c.model_dump_json().encode(), message_headers(m))
                     for c, m in chunk

@@ -30,7 +30,6 @@ from uuid import UUID
 
 import asyncpg
 from faststream.nats import NatsBroker
-from nats.js import JetStreamContext
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
@@ -354,7 +353,6 @@ class Ticker:
             registry=registry,
         )
         self.last_tick_ok: datetime | None = None
-        self._js: JetStreamContext | None = None
 
     def wake(self) -> None:
         self._wake.set()
@@ -585,11 +583,9 @@ class Ticker:
                     "trace_id": format(span.get_span_context().trace_id, "032x"),
                 }
             )
-        if self._js is None:
-            self._js = jetstream(self.broker)
         try:
             # Each slot's span lasts until JetStream has acked its message.
-            await publish_many(self._js, messages, stream=stream_name("scheduler"))
+            await publish_many(jetstream(self.broker), messages, stream=stream_name("scheduler"))
         finally:
             for span in spans:
                 span.end()
