@@ -19,15 +19,26 @@ from shared.contracts import Event, ServiceStarted, stream_name
 from shared.eventstore import ServiceInstance
 from shared.projection import Item, TrackedFollower
 
-Translator = Callable[[DomainEventProtocol], Event | None]
+# A translator maps a stored domain event to its wire contract (or None: not published),
+# built with the given ``event_id``: the relay derives it from the stored event's id and
+# version, so a re-publish carries the same event_id and consumers that dedup by it count
+# the event once, even beyond JetStream's duplicate window.
+Translator = Callable[[DomainEventProtocol, UUID], Event | None]
 
 PUBLISH_CHUNK = 500
 _EVENT_NS = UUID("6f1c1f3e-2d0b-5c55-9a3e-6c1a2b7d9e10")
 
 
-def translate_common(domain_event: DomainEventProtocol) -> Event | None:
+def event_id_for(msg_id: str) -> UUID:
+    """The ``event_id`` of the stored event relayed under ``msg_id``: the same on every
+    re-publish."""
+    return uuid5(_EVENT_NS, msg_id)
+
+
+def translate_common(domain_event: DomainEventProtocol, event_id: UUID) -> Event | None:
     if isinstance(domain_event, ServiceInstance.Started):
         return ServiceStarted(
+            event_id=event_id,
             service=domain_event.service,
             instance_id=domain_event.instance_id,
             pid=domain_event.pid,
@@ -52,12 +63,12 @@ class Relay(TrackedFollower):
     async def process(self, conn: asyncpg.Connection, items: Sequence[Item]) -> None:
         pending: list[tuple[Event, str]] = []
         for notification, domain_event in items:
-            contract = translate_common(domain_event) or self.translate(domain_event)
+            msg_id = f"{notification.originator_id}:{notification.originator_version}"
+            event_id = event_id_for(msg_id)
+            contract = translate_common(domain_event, event_id) or self.translate(
+                domain_event, event_id
+            )
             if contract is not None:
-                msg_id = f"{notification.originator_id}:{notification.originator_version}"
-                # The same stored event always gets the same event_id, so consumers that
-                # dedup by event_id count a re-publish once, even beyond JetStream's window.
-                contract = contract.model_copy(update={"event_id": uuid5(_EVENT_NS, msg_id)})
                 pending.append((contract, msg_id))
         # Publish in pipelined chunks, straight to JetStream on the broker's connection
         # (FastStream's per-message publish middlewares cost more than the publish at

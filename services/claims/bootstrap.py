@@ -18,7 +18,7 @@ def build(settings: ServiceSettings) -> tuple[ServiceRuntime, list[APIRouter]]:
         name="claims",
         settings=settings,
         application_factory=lambda env: ClaimsApplication(env=env),
-        translate=lambda event: None,
+        translate=lambda event, event_id: None,
     )
     return runtime, []
 

@@ -52,6 +52,9 @@ def build(settings: HeartbeatSettings) -> tuple[ServiceRuntime, list[APIRouter]]
             connector=aiohttp.TCPConnector(limit=settings.delivery_concurrency),
             # Keep the client's own headers minimal and never read proxy settings.
             trust_env=False,
+            # Never keep cookies: one receiver's cookie must not go out with another
+            # user's heartbeat to the same host (and the jar costs CPU per request).
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         runtime.on_stop(client.close)
         token = settings.telegram_bot_token

@@ -44,7 +44,7 @@ def build(settings: ServiceSettings) -> tuple[ServiceRuntime, list[APIRouter]]:
         name="monitor",
         settings=settings,
         application_factory=lambda env: MonitorApplication(env=env),
-        translate=lambda event: None,
+        translate=lambda event, event_id: None,
     )
     events_total = Counter(
         "liteclaw_events_total",

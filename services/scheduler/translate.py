@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from uuid import UUID
 
 from eventsourcing.domain import DomainEventProtocol
 
@@ -24,7 +25,7 @@ def _summary(channel: dict[str, Any]) -> ChannelSummary:
     return ChannelSummary.model_validate({k: v for k, v in channel.items() if k != "secret"})
 
 
-def to_contract(e: DomainEventProtocol) -> Event | None:
+def to_contract(e: DomainEventProtocol, event_id: UUID) -> Event | None:
     at = e.timestamp  # type: ignore[attr-defined]
     if isinstance(e, Profile.Registered | Profile.Changed):
         return ProfileUpdated(
@@ -33,6 +34,7 @@ def to_contract(e: DomainEventProtocol) -> Event | None:
             heartbeats_enabled=e.heartbeats_enabled,
             quiet_hours=QuietHours(**e.quiet_hours) if e.quiet_hours else None,
             occurred_at=at,
+            event_id=event_id,
         )
     if isinstance(e, HeartbeatJob.Created):
         return HeartbeatJobCreated(
@@ -42,8 +44,9 @@ def to_contract(e: DomainEventProtocol) -> Event | None:
             schedule_cron=e.schedule_cron,
             channel=_summary(e.channel),
             occurred_at=at,
+            event_id=event_id,
         )
-    common = {"job_id": e.originator_id, "occurred_at": at}
+    common = {"job_id": e.originator_id, "occurred_at": at, "event_id": event_id}
     if isinstance(e, HeartbeatJob.ScheduleChanged):
         return HeartbeatJobUpdated(
             **common,
@@ -73,5 +76,6 @@ def to_contract(e: DomainEventProtocol) -> Event | None:
             first_scheduled_for=e.first_scheduled_for,
             last_scheduled_for=e.last_scheduled_for,
             occurred_at=at,
+            event_id=event_id,
         )
     return None

@@ -19,6 +19,7 @@ from nats.js.client import JetStreamContext
 from psycopg import sql
 
 from liteclaw.localservers import LocalNats
+from shared.relay import event_id_for
 from tests.support.processes import TOKEN, ServiceProcess, start_service
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -146,6 +147,8 @@ async def test_relay_publishes_each_event_once(
         assert profile_uuid != started_id
         payload = json.loads(first.data)
         assert payload["type"] == "ProfileUpdated"
+        # event_id is derived from the stored event (the same on any re-publish).
+        assert payload["event_id"] == str(event_id_for(f"{profile_uuid}:1"))
         assert payload["user_id"] == user
         assert payload["timezone"] == "Europe/Berlin"
         assert payload["heartbeats_enabled"] is True
@@ -166,6 +169,7 @@ async def test_relay_publishes_each_event_once(
         updates = await got.wait_for(PROFILE_UPDATED, 2)
         assert msg_id(updates[1]) == (profile_uuid, 2)
         assert json.loads(updates[1].data)["timezone"] == "America/New_York"
+        assert json.loads(updates[1].data)["event_id"] == str(event_id_for(f"{profile_uuid}:2"))
         assert await got.drain_quiet() == []
         in_stream = await stream_count(js)
 
