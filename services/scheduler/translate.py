@@ -26,15 +26,14 @@ def _summary(channel: dict[str, Any]) -> ChannelSummary:
 
 
 def to_contract(e: DomainEventProtocol, event_id: UUID) -> Event | None:
-    at = e.timestamp  # type: ignore[attr-defined]
+    meta = {"occurred_at": e.timestamp, "event_id": event_id}  # type: ignore[attr-defined]
     if isinstance(e, Profile.Registered | Profile.Changed):
         return ProfileUpdated(
             user_id=e.user_id,
             timezone=e.timezone,
             heartbeats_enabled=e.heartbeats_enabled,
             quiet_hours=QuietHours(**e.quiet_hours) if e.quiet_hours else None,
-            occurred_at=at,
-            event_id=event_id,
+            **meta,
         )
     if isinstance(e, HeartbeatJob.Created):
         return HeartbeatJobCreated(
@@ -43,10 +42,9 @@ def to_contract(e: DomainEventProtocol, event_id: UUID) -> Event | None:
             job_type=e.job_type,
             schedule_cron=e.schedule_cron,
             channel=_summary(e.channel),
-            occurred_at=at,
-            event_id=event_id,
+            **meta,
         )
-    common = {"job_id": e.originator_id, "occurred_at": at, "event_id": event_id}
+    common = {"job_id": e.originator_id, **meta}
     if isinstance(e, HeartbeatJob.ScheduleChanged):
         return HeartbeatJobUpdated(
             **common,
@@ -75,7 +73,6 @@ def to_contract(e: DomainEventProtocol, event_id: UUID) -> Event | None:
             last_slot_key=e.last_slot_key,
             first_scheduled_for=e.first_scheduled_for,
             last_scheduled_for=e.last_scheduled_for,
-            occurred_at=at,
-            event_id=event_id,
+            **meta,
         )
     return None
